@@ -1,0 +1,163 @@
+"""A thin layer over open_clip: model creation, offline tokenizer, and CLIP preprocessing at model time.
+
+Frames arrive as uint8 RGB [..., H, W, 3] straight from ``frames.zarr``; :meth:`Backbone.preprocess`
+turns them into normalised float tensors on the model's device, so training, extraction, evaluation
+and search all share one preprocessing (a train/inference mismatch is a classic bug of the public
+code). Weights come from an open_clip ``pretrained`` tag or a local checkpoint path; local files are
+read with ``safetensors`` or ``torch.load(weights_only=True)``, never unpickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from teachclip.pipeline.config import BackboneConfig
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers teachclip-micro / -tiny / -small
+
+
+def tiny_model_names() -> list[str]:
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
+
+
+def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without unpickling arbitrary objects.
+
+    ``.safetensors`` files go through safetensors; anything else through
+    ``torch.load(weights_only=True)``, which refuses pickled code with an UnpicklingError.
+    A nested ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle refusal, truncated file, not a torch file
+        raise ValueError(
+            f"{path}: refused to load: not a weights-only checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+class Backbone(nn.Module):
+    """An open_clip CLIP model plus its tokenizer; the embeddings are *not* normalised."""
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        self.config = config
+        pretrained = config.pretrained
+        local = pretrained is not None and Path(pretrained).exists()
+        self.clip = open_clip.create_model(
+            config.name, pretrained=None if local else pretrained, weights_only=True
+        )
+        if local:
+            state = load_state_dict_safely(pretrained)
+            if "positional_embedding" not in state and any(k.startswith("clip.") for k in state):
+                state = {k.removeprefix("clip."): v for k, v in state.items() if k.startswith("clip.")}
+            self.clip.load_state_dict(state)
+        # stored visual/text towers in fp32; autocast handles fp16/bf16 on CUDA
+        self.clip.float()
+        context = self.clip.context_length
+        self.max_words = min(config.max_words, context)
+        self.tokenizer = open_clip.get_tokenizer(config.name, context_length=self.max_words)
+        size = self.clip.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.embed_dim = int(self.clip.text_projection.shape[-1]) if isinstance(
+            self.clip.text_projection, torch.Tensor
+        ) else int(self.clip.text_projection.out_features)
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ---- text ------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids [N, max_words] (truncated, end-of-text kept)."""
+        return self.tokenizer(list(texts))
+
+    def encode_text_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sentence [N, d], word [N, L, d] features (projected) and the word mask [N, L].
+
+        Works for token lengths L up to the model's context length (CLIP's 77 positions are sliced
+        to L, as CLIP4Clip does for its 32 words).
+        """
+        clip = self.clip
+        tokens = tokens.to(self.device)
+        length = tokens.shape[1]
+        x = clip.token_embedding(tokens)
+        x = x + clip.positional_embedding[:length].to(x.dtype)
+        attn_mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+        x = clip.transformer(x, attn_mask=attn_mask)
+        x = clip.ln_final(x)
+        if isinstance(clip.text_projection, nn.Linear):
+            x = clip.text_projection(x)
+        elif clip.text_projection is not None:
+            x = x @ clip.text_projection
+        eot = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
+        sentence = x[torch.arange(x.shape[0], device=x.device), eot]
+        positions = torch.arange(length, device=x.device)
+        word_mask = (positions[None, :] <= eot[:, None]) & (tokens != 0)
+        return sentence, x, word_mask
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encode_text_tokens(tokens)[0]
+
+    # ---- frames ----------------------------------------------------------------------------
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> normalised float [N, 3, S, S] on the model device (S = image size)."""
+        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            # short side to S then centre crop, the same rule as decode
+            scale = self.image_size / min(x.shape[-2:])
+            height, width = round(x.shape[-2] * scale), round(x.shape[-1] * scale)
+            x = F.interpolate(x, size=(max(height, self.image_size), max(width, self.image_size)),
+                              mode="bicubic", align_corners=False, antialias=True)
+            top = (x.shape[-2] - self.image_size) // 2
+            left = (x.shape[-1] - self.image_size) // 2
+            x = x[..., top : top + self.image_size, left : left + self.image_size]
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def encode_images(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> image embeddings [N, d]."""
+        return self.clip.encode_image(self.preprocess(frames))
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [V, T, H, W, 3] -> per-frame embeddings [V, T, d] (padded frames included)."""
+        videos, steps = frames.shape[:2]
+        flat = self.encode_images(frames.reshape(videos * steps, *frames.shape[2:]))
+        return flat.view(videos, steps, -1)
+
+
+def autocast(device: torch.device | str, enabled: bool = True):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op context on CPU."""
+    device = torch.device(device)
+    if device.type != "cuda" or not enabled:
+        return torch.autocast(device_type=device.type, enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

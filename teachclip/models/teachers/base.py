@@ -1,0 +1,91 @@
+"""The one interface every teacher implements.
+
+Scoring is split into *encode* (once per caption / once per video) and *score* (per block of
+texts x videos), so that the extraction stage computes text and frame features once per teacher
+and reuses them across every block of the similarity matrix, in bounded memory.
+
+Batches:
+- ``TextBatch``: ``tokens`` LongTensor [N, L] (the teacher's own tokenizer), ``texts`` list[str],
+  ``caption_ids`` list[str], ``video_ids`` list[str] (the caption's own video).
+- ``VideoBatch``: ``frames`` uint8 [V, T, H, W, 3], ``mask`` bool [V, T] (False = padding),
+  ``video_ids`` list[str]; a teacher that needs other inputs (the caption-similarity teacher needs
+  each video's training captions) documents the extra keys it reads.
+
+Features are ``dict[str, Tensor]`` whose tensors all have the batch on dim 0, so callers can slice,
+concatenate and move them without knowing what is inside.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+Features = dict[str, torch.Tensor]
+TextBatch = dict[str, Any]
+VideoBatch = dict[str, Any]
+
+
+def slice_features(features: Features, start: int, stop: int) -> Features:
+    return {key: value[start:stop] for key, value in features.items()}
+
+
+def cat_features(parts: list[Features]) -> Features:
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+def features_to(features: Features, device: torch.device | str) -> Features:
+    return {key: value.to(device) for key, value in features.items()}
+
+
+class Teacher(nn.Module, ABC):
+    """A fine-grained text-video scorer whose outputs become soft labels."""
+
+    kind: str = ""
+    # False for teachers with no notion of frames (caption similarity): no fine-grained labels
+    has_frame_relevance: bool = True
+    # Version of the code that computes the scores: part of the teacher-cache fingerprint
+    score_version: int = 1
+    # Human-readable definitions stored in the cache attributes
+    similarity_definition: str = ""
+    relevance_definition: str = ""
+
+    @abstractmethod
+    def encode_texts(self, batch: TextBatch) -> Features:
+        """Per-caption features (computed once per caption)."""
+
+    @abstractmethod
+    def encode_videos(self, batch: VideoBatch) -> Features:
+        """Per-video features (computed once per video)."""
+
+    @abstractmethod
+    def score(self, text_features: Features, video_features: Features) -> torch.Tensor:
+        """Similarity [texts, videos] of every text against every video of the given blocks."""
+
+    def relevance(self, text_features: Features, video_features: Features) -> torch.Tensor:
+        """Raw (pre-softmax) frame relevance [texts, T] of caption i against video i; padded frames
+        hold -inf-free finite values and must be masked by the consumer with the frame mask."""
+        raise NotImplementedError(f"{self.kind} teacher has no frame relevance")
+
+    # convenience wrappers: the per-pair definitions used by tests and online teaching
+    def similarity(self, text_batch: TextBatch, video_batch: VideoBatch) -> torch.Tensor:
+        return self.score(self.encode_texts(text_batch), self.encode_videos(video_batch))
+
+    def frame_relevance(self, text_batch: TextBatch, video_batch_matched: VideoBatch) -> torch.Tensor:
+        return self.relevance(self.encode_texts(text_batch), self.encode_videos(video_batch_matched))
+
+    def score_blocked(
+        self, text_features: Features, video_features: Features, block_texts: int, block_videos: int
+    ) -> torch.Tensor:
+        """``score`` over blocks of texts x videos, so peak memory is bounded by the block size."""
+        n_texts = next(iter(text_features.values())).shape[0]
+        n_videos = next(iter(video_features.values())).shape[0]
+        out = torch.empty(n_texts, n_videos)
+        for t0 in range(0, n_texts, block_texts):
+            texts = slice_features(text_features, t0, t0 + block_texts)
+            for v0 in range(0, n_videos, block_videos):
+                videos = slice_features(video_features, v0, v0 + block_videos)
+                out[t0 : t0 + block_texts, v0 : v0 + block_videos] = self.score(texts, videos).float().cpu()
+        return out

@@ -1,0 +1,196 @@
+"""The manifest: the one description of a dataset that every stage reads.
+
+A manifest is a directory with two CSV files:
+
+- ``videos.csv``   — ``video_id,path,split``; ``path`` relative to the manifest directory or absolute;
+- ``captions.csv`` — ``caption_id,video_id,text``.
+
+:func:`load_manifest` validates and raises :class:`ManifestError` naming the file, the line and the
+reason. Rows keep file order; stages that need a canonical order sort by id themselves.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from teachclip.pipeline.fingerprint import fingerprint, sha256_file
+
+SPLITS = ("train", "val", "test")
+VIDEO_COLUMNS = ("video_id", "path", "split")
+CAPTION_COLUMNS = ("caption_id", "video_id", "text")
+MANIFEST_FINGERPRINT_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Video:
+    video_id: str
+    path: Path  # absolute
+    split: str
+
+
+@dataclass(frozen=True)
+class Caption:
+    caption_id: str
+    video_id: str
+    text: str
+
+
+@dataclass
+class Manifest:
+    root: Path
+    videos: list[Video]
+    captions: list[Caption]
+    _by_id: dict[str, Video] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_id = {video.video_id: video for video in self.videos}
+
+    def video(self, video_id: str) -> Video:
+        return self._by_id[video_id]
+
+    def videos_in(self, split: str | None) -> list[Video]:
+        """Videos of one split (None: all), in manifest order."""
+        return [v for v in self.videos if split is None or v.split == split]
+
+    def captions_in(self, split: str | None) -> list[Caption]:
+        """Captions whose video is in ``split`` (None: all), in manifest order."""
+        if split is None:
+            return list(self.captions)
+        return [c for c in self.captions if self._by_id[c.video_id].split == split]
+
+    def captions_by_video(self, split: str | None = None) -> dict[str, list[Caption]]:
+        grouped: dict[str, list[Caption]] = {v.video_id: [] for v in self.videos_in(split)}
+        for caption in self.captions_in(split):
+            grouped[caption.video_id].append(caption)
+        return grouped
+
+    def fingerprint(self, mode: str = "content") -> str:
+        """Hash of every video's (id, split, size, content hash or mtime) and every caption.
+
+        ``mode="content"`` hashes file bytes (robust, costs a read of every file);
+        ``mode="stat"`` uses size and mtime (instant, but a copy with new mtimes changes it).
+        Missing files contribute a marker, so decode can still run and report them.
+        """
+        entries = []
+        for video in sorted(self.videos, key=lambda v: v.video_id):
+            entries.append([video.video_id, video.split, _file_identity(video.path, mode)])
+        captions = sorted(([c.caption_id, c.video_id, c.text] for c in self.captions))
+        return fingerprint(
+            "manifest", {"version": MANIFEST_FINGERPRINT_VERSION, "videos": entries, "captions": captions}
+        )
+
+
+def _file_identity(path: Path, mode: str) -> list:
+    if not path.is_file():
+        return ["missing" if not path.exists() else "not-a-file"]
+    stat = path.stat()
+    if mode == "stat":
+        return [stat.st_size, stat.st_mtime_ns]
+    if mode == "content":
+        return [stat.st_size, sha256_file(path)]
+    raise ValueError(f"unknown fingerprint mode {mode!r} (expected 'content' or 'stat')")
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    if not path.is_file():
+        raise ManifestError(f"{path}: file not found")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise ManifestError(
+                    f"{path}: missing column(s) {', '.join(missing)} (header is {','.join(header) or 'empty'};"
+                    f" expected {','.join(columns)})"
+                )
+            # line numbers are 1-based and count the header, as an editor shows them
+            return [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text ({exc})") from exc
+    except csv.Error as exc:
+        raise ManifestError(f"{path}: malformed CSV: {exc}") from exc
+
+
+def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Manifest:
+    """Load and validate a manifest directory."""
+    root = Path(directory).resolve()
+    if not root.is_dir():
+        raise ManifestError(f"{directory}: manifest directory not found")
+    allowed = tuple(splits)
+    videos_csv, captions_csv = root / "videos.csv", root / "captions.csv"
+
+    videos: list[Video] = []
+    seen_videos: dict[str, int] = {}
+    for line, row in _read_csv(videos_csv, VIDEO_COLUMNS):
+        video_id = (row["video_id"] or "").strip()
+        path = (row["path"] or "").strip()
+        split = (row["split"] or "").strip()
+        if not video_id:
+            raise ManifestError(f"{videos_csv}:{line}: empty video_id")
+        if video_id in seen_videos:
+            raise ManifestError(
+                f"{videos_csv}:{line}: duplicate video_id {video_id!r} (first on line {seen_videos[video_id]})"
+            )
+        if not path:
+            raise ManifestError(f"{videos_csv}:{line}: empty path for video {video_id!r}")
+        if split not in allowed:
+            raise ManifestError(
+                f"{videos_csv}:{line}: unknown split {split!r} for video {video_id!r} (allowed: {', '.join(allowed)})"
+            )
+        seen_videos[video_id] = line
+        resolved = Path(path) if os.path.isabs(path) else root / path
+        videos.append(Video(video_id, resolved, split))
+    if not videos:
+        raise ManifestError(f"{videos_csv}: no videos")
+
+    captions: list[Caption] = []
+    seen_captions: dict[str, int] = {}
+    for line, row in _read_csv(captions_csv, CAPTION_COLUMNS):
+        caption_id = (row["caption_id"] or "").strip()
+        video_id = (row["video_id"] or "").strip()
+        text = (row["text"] or "").strip()
+        if not caption_id:
+            raise ManifestError(f"{captions_csv}:{line}: empty caption_id")
+        if caption_id in seen_captions:
+            raise ManifestError(
+                f"{captions_csv}:{line}: duplicate caption_id {caption_id!r} (first on line {seen_captions[caption_id]})"
+            )
+        if video_id not in seen_videos:
+            raise ManifestError(
+                f"{captions_csv}:{line}: caption {caption_id!r} refers to unknown video {video_id!r}"
+            )
+        if not text:
+            raise ManifestError(f"{captions_csv}:{line}: empty text for caption {caption_id!r}")
+        seen_captions[caption_id] = line
+        captions.append(Caption(caption_id, video_id, text))
+    return Manifest(root, videos, captions)
+
+
+def write_manifest(
+    directory: str | Path,
+    videos: Iterable[tuple[str, str, str]],
+    captions: Iterable[tuple[str, str, str]],
+) -> Path:
+    """Write ``videos.csv`` and ``captions.csv``; rows are (video_id, path, split) and
+    (caption_id, video_id, text). Validates the result by loading it back."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, columns, rows in (
+        ("videos.csv", VIDEO_COLUMNS, videos),
+        ("captions.csv", CAPTION_COLUMNS, captions),
+    ):
+        with open(root / name, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows(rows)
+    load_manifest(root)
+    return root
