@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 PROGRESS_DIR = "_progress"  # completion markers inside <out>.partial, removed on finalize
 ZSTD_LEVEL = 3

@@ -82,7 +82,7 @@ class Manifest:
         entries = []
         for video in sorted(self.videos, key=lambda v: v.video_id):
             entries.append([video.video_id, video.split, _file_identity(video.path, mode)])
-        captions = sorted(([c.caption_id, c.video_id, c.text] for c in self.captions))
+        captions = sorted([c.caption_id, c.video_id, c.text] for c in self.captions)
         return fingerprint(
             "manifest", {"version": MANIFEST_FINGERPRINT_VERSION, "videos": entries, "captions": captions}
         )

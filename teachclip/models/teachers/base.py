@@ -52,6 +52,18 @@ class Teacher(nn.Module, ABC):
     similarity_definition: str = ""
     relevance_definition: str = ""
 
+    def bind_manifest(self, manifest) -> None:  # noqa: B027 - optional hook
+        """Give the teacher the dataset it will score (the caption-similarity teacher reads each
+        training video's captions from it). Called by every stage before scoring."""
+
+    @abstractmethod
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids [N, L] for ``TextBatch["tokens"]`` (the teacher's own tokenizer)."""
+
+    def text_batch(self, texts: list[str], caption_ids: list[str], video_ids: list[str]) -> TextBatch:
+        return {"tokens": self.tokenize(texts), "texts": list(texts), "caption_ids": list(caption_ids),
+                "video_ids": list(video_ids)}
+
     @abstractmethod
     def encode_texts(self, batch: TextBatch) -> Features:
         """Per-caption features (computed once per caption)."""
