@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+
+from teachclip.pipeline.config import ConfigError, DecodeConfig, Params, load_params, override
+
+
+def test_missing_file_gives_defaults(tmp_path: Path):
+    assert load_params(tmp_path / "absent.yaml") == Params()
+
+
+def test_sections_map_to_typed_objects(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "decode:\n  frames_per_video: 8\n  size: 64\n"
+        "teachers:\n  xpool:\n    kind: xpool\n    backbone: {name: teachclip-micro}\n"
+        "train_student:\n  teachers: [{name: xpool, weight: 0.5}]\n"
+    )
+    params = load_params(path)
+    assert isinstance(params.decode, DecodeConfig)
+    assert (params.decode.frames_per_video, params.decode.size) == (8, 64)
+    assert params.teachers["xpool"].backbone.name == "teachclip-micro"
+    assert params.train_student.teachers[0].weight == 0.5
+
+
+def test_unknown_key_is_an_error_naming_the_file(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("decode:\n  frames_per_vidoe: 8\n")
+    with pytest.raises(ConfigError, match="frames_per_vidoe") as info:
+        load_params(path)
+    assert str(path) in str(info.value)
+
+
+def test_invalid_value_and_bad_yaml(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("decode:\n  frames_per_video: 0\n")
+    with pytest.raises(ConfigError, match="frames_per_video"):
+        load_params(path)
+    path.write_text("decode: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_override_replaces_only_given_flags():
+    section = DecodeConfig(frames_per_video=8, size=64)
+    changed = override(section, size=32, frames_per_video=None)
+    assert (changed.frames_per_video, changed.size) == (8, 32)
+    assert section.size == 64  # the original is untouched
+    with pytest.raises(ConfigError, match="unknown"):
+        override(section, sizes=3)
+    with pytest.raises(ConfigError, match="invalid override"):
+        override(section, size=-1)
+
+
+def test_repository_params_file_is_valid():
+    load_params(Path(__file__).resolve().parents[1] / "params.yaml")
