@@ -1,0 +1,223 @@
+"""Training losses as small pure functions: retrieval (InfoNCE), coarse and fine teaching.
+
+Conventions
+- ``student_logits`` [N, N]: ``logit_scale * text @ video.T`` of a batch whose caption i belongs to
+  video i (what :func:`info_nce` takes). Rows are text-to-video, columns video-to-text.
+- ``teacher_sims``: one [N, N] matrix or a list of them, the *raw* cached similarities of the same
+  captions x videos, on each teacher's own scale (cosines in [-1, 1] for some teachers, logits for
+  others). Every coarse loss reads them as teacher logits ``raw / teacher_temperature``.
+  Default ``teacher_temperature = 1.0`` = TeachCLIP's code, which softmaxes its teachers' logits (their
+  own logit scale, ~100, already applied; its ``beta`` is 1). For a teacher that stores cosines, use
+  ~0.01 (CLIP's scale of 100): at temperature 1 a softmax over cosines is nearly uniform.
+- Fine teaching works on matched pairs: AFA frame weights [B, T] of video i against the teacher's raw
+  frame relevance [B, T] of caption i and video i, with the frame mask [B, T] (False = padding).
+  Targets are ``softmax_f(relevance / tau)`` over unmasked frames.
+
+Normalisation choices (documented because they change what a loss weight means)
+- KL and fine CE/KL sum over the distribution (videos, texts or frames) and average over its rows
+  ("batchmean"): the value is a proper per-row divergence and does not shrink with the batch size or
+  the number of frames. TeachCLIP's code takes ``.mean()`` over every matrix element instead, i.e.
+  divides by N (coarse ce) or T (fine ce) more; ``reduction="frame"`` of the fine losses reproduces the
+  code's scale (divided by the number of valid frames), so ``weight_fine = 2`` of the code corresponds
+  to ~``2 / T`` with the default ``reduction="caption"``.
+- Pearson is the paper's and code's: mean over rows of ``1 - r`` plus mean over columns, per teacher,
+  averaged over teachers.
+- Huber (TeachText): teachers' logits averaged first, then the elementwise Huber loss against the
+  student matrix *as passed*, averaged over the N x N entries. The student matrix is compared on its
+  own scale: pass ``logit_scale * cos`` (the InfoNCE logits) against teachers that store logits, or
+  plain ``cos`` (``student_logits / logit_scale``) against teachers that store cosines.
+
+Everything is computed in float32 (safe under autocast); masked frames contribute exactly nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from teachclip.models.afa import masked_softmax
+
+TeacherSims = torch.Tensor | Sequence[torch.Tensor]
+
+
+# ---- retrieval --------------------------------------------------------------------------------
+def info_nce(logits: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE ``(CE(S) + CE(S^T)) / 2`` with the diagonal as targets."""
+    _check_square(logits, "logits")
+    logits = logits.float()
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+
+# ---- coarse teaching --------------------------------------------------------------------------
+def coarse_pearson(student_logits: torch.Tensor, teacher_sims: TeacherSims,
+                   teacher_temperature: float = 1.0, eps: float = 1e-12) -> torch.Tensor:
+    """TeachCLIP's CgT: per teacher ``mean_i (1 - r(p_i, q_i)) + mean_j (1 - r(p_j, q_j))`` over the
+    row (text-to-video) and column (video-to-text) softmaxes, averaged over teachers."""
+    student = _student(student_logits)
+    teachers = _teachers(teacher_sims, student, teacher_temperature)
+    p_rows, p_cols = student.softmax(dim=1), student.softmax(dim=0)
+    per_teacher = [
+        _one_minus_pearson(p_rows, teacher.softmax(dim=1), 1, eps).mean()
+        + _one_minus_pearson(p_cols, teacher.softmax(dim=0), 0, eps).mean()
+        for teacher in teachers
+    ]
+    return torch.stack(per_teacher).mean()
+
+
+def coarse_kl(student_logits: torch.Tensor, teacher_sims: TeacherSims, temperature: float = 1.0,
+              teacher_temperature: float = 1.0) -> torch.Tensor:
+    """``KL(teacher softmax || student softmax)`` summed over each row (and each column), averaged
+    over rows (columns); rows + columns per teacher, averaged over teachers. ``temperature`` is the
+    distillation temperature applied to both sides after ``teacher_temperature`` (no T^2 factor)."""
+    student = _student(student_logits) / temperature
+    teachers = [teacher / temperature for teacher in _teachers(teacher_sims, student, teacher_temperature)]
+    per_teacher = []
+    for teacher in teachers:
+        rows = F.kl_div(student.log_softmax(dim=1), teacher.log_softmax(dim=1), reduction="none", log_target=True)
+        cols = F.kl_div(student.log_softmax(dim=0), teacher.log_softmax(dim=0), reduction="none", log_target=True)
+        per_teacher.append(rows.sum(dim=1).mean() + cols.sum(dim=0).mean())
+    return torch.stack(per_teacher).mean()
+
+
+def coarse_huber(student_logits: torch.Tensor, teacher_sims: TeacherSims, delta: float = 1.0,
+                 teacher_temperature: float = 1.0) -> torch.Tensor:
+    """TeachText: Huber(student, mean of the teachers' logits), mean over entries. The student matrix
+    is compared on the scale it is passed in (see the module docstring)."""
+    student = _student(student_logits)
+    teacher = torch.stack(_teachers(teacher_sims, student, teacher_temperature)).mean(dim=0)
+    return F.huber_loss(student, teacher, delta=delta, reduction="mean")
+
+
+# ---- fine teaching ----------------------------------------------------------------------------
+def fine_targets(teacher_relevance: torch.Tensor, mask: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """``y = softmax_f(relevance / tau)`` over unmasked frames, 0 on padding (a row with no valid
+    frame: all zeros)."""
+    relevance = teacher_relevance.float()
+    # padded entries may hold anything, NaN included: replace before scaling
+    relevance = relevance.masked_fill(~mask.to(device=relevance.device, dtype=torch.bool), 0.0)
+    return masked_softmax(relevance / tau, mask)
+
+
+def fine_ce(frame_weights: torch.Tensor, teacher_relevance: torch.Tensor, mask: torch.Tensor,
+            tau: float = 1.0, reduction: str = "caption") -> torch.Tensor:
+    """``-sum_f y_if log a_if`` per caption, averaged over captions (``reduction="caption"``), or
+    summed over captions and divided by the number of valid frames (``"frame"``, TeachCLIP's scale).
+    ``a`` are the student's AFA weights (probabilities, 0 on padding), ``y`` the teacher targets."""
+    mask, weights, targets = _fine_inputs(frame_weights, teacher_relevance, mask, tau)
+    per_frame = -targets * _safe_log(weights)
+    return _reduce_frames(per_frame, mask, reduction)
+
+
+def fine_kl(frame_weights: torch.Tensor, teacher_relevance: torch.Tensor, mask: torch.Tensor,
+            tau: float = 1.0, reduction: str = "caption") -> torch.Tensor:
+    """``KL(y_i || a_i) = sum_f y_if (log y_if - log a_if)``, reduced as :func:`fine_ce` (it is
+    ``fine_ce`` minus the targets' entropy: same gradient, zero at a perfect match)."""
+    mask, weights, targets = _fine_inputs(frame_weights, teacher_relevance, mask, tau)
+    per_frame = torch.xlogy(targets, targets) - targets * _safe_log(weights)
+    return _reduce_frames(per_frame, mask, reduction)
+
+
+# ---- dispatch ---------------------------------------------------------------------------------
+COARSE_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "pearson": coarse_pearson, "kl": coarse_kl, "huber": coarse_huber,
+}
+FINE_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"ce": fine_ce, "kl": fine_kl}
+
+
+def coarse_loss(name: str, student_logits: torch.Tensor, teacher_sims: TeacherSims, **options) -> torch.Tensor:
+    """``COARSE_LOSSES[name]``. Options another coarse loss takes (e.g. ``delta`` for pearson) are
+    dropped, so a config can pass all of its options; an option no coarse loss takes is an error."""
+    function = _lookup(COARSE_LOSSES, name, "coarse")
+    return function(student_logits, teacher_sims, **_options_for(function, COARSE_LOSSES, options))
+
+
+def fine_loss(name: str, frame_weights: torch.Tensor, teacher_relevance: torch.Tensor, mask: torch.Tensor,
+              **options) -> torch.Tensor:
+    """``FINE_LOSSES[name]`` with the option handling of :func:`coarse_loss`."""
+    function = _lookup(FINE_LOSSES, name, "fine")
+    return function(frame_weights, teacher_relevance, mask, **_options_for(function, FINE_LOSSES, options))
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def _check_square(matrix: torch.Tensor, what: str) -> None:
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"{what} must be a square [N, N] matrix (caption i matches video i), got {tuple(matrix.shape)}")
+
+
+def _student(student_logits: torch.Tensor) -> torch.Tensor:
+    _check_square(student_logits, "student_logits")
+    return student_logits.float()
+
+
+def _teachers(teacher_sims: TeacherSims, student: torch.Tensor, teacher_temperature: float) -> list[torch.Tensor]:
+    teachers = [teacher_sims] if isinstance(teacher_sims, torch.Tensor) else list(teacher_sims)
+    if not teachers:
+        raise ValueError("coarse teaching needs at least one teacher similarity matrix")
+    for index, teacher in enumerate(teachers):
+        if teacher.shape != student.shape:
+            raise ValueError(
+                f"teacher {index} similarity has shape {tuple(teacher.shape)}, the student's is {tuple(student.shape)}"
+            )
+    # teacher labels are constants: no gradient flows into a cache or a teacher
+    return [teacher.detach().to(device=student.device, dtype=torch.float32) / teacher_temperature
+            for teacher in teachers]
+
+
+def _one_minus_pearson(p: torch.Tensor, q: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
+    p = p - p.mean(dim=dim, keepdim=True)
+    q = q - q.mean(dim=dim, keepdim=True)
+    # a constant distribution has no correlation: r = 0 (loss 1) instead of 0/0
+    denominator = (p.norm(dim=dim) * q.norm(dim=dim)).clamp_min(eps)
+    return 1 - (p * q).sum(dim=dim) / denominator
+
+
+def _fine_inputs(frame_weights, teacher_relevance, mask, tau):
+    if frame_weights.shape != teacher_relevance.shape or frame_weights.shape != mask.shape:
+        raise ValueError(
+            "frame_weights, teacher_relevance and mask must share one [B, T] shape, got "
+            f"{tuple(frame_weights.shape)}, {tuple(teacher_relevance.shape)}, {tuple(mask.shape)}"
+        )
+    mask = mask.to(device=frame_weights.device, dtype=torch.bool)
+    weights = frame_weights.float()
+    targets = fine_targets(teacher_relevance.to(frame_weights.device), mask, tau)
+    return mask, weights, targets
+
+
+def _safe_log(weights: torch.Tensor) -> torch.Tensor:
+    # a weight that underflowed to 0 would give log 0 = -inf (and 0 * -inf = NaN on padding)
+    return weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
+
+
+def _reduce_frames(per_frame: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
+    per_frame = torch.where(mask, per_frame, torch.zeros_like(per_frame))
+    # counts clamped at 1: a batch with nothing to teach gives 0 (still in the graph), no host sync
+    if reduction == "caption":
+        valid_rows = mask.any(dim=1)
+        return per_frame.sum() / valid_rows.sum().clamp_min(1)
+    if reduction == "frame":
+        return per_frame.sum() / mask.sum().clamp_min(1)
+    raise ValueError(f"unknown reduction {reduction!r}: expected 'caption' or 'frame'")
+
+
+def _lookup(table: dict[str, Callable[..., torch.Tensor]], name: str, family: str) -> Callable[..., torch.Tensor]:
+    if name not in table:
+        raise ValueError(f"unknown {family} loss {name!r}: expected one of {', '.join(sorted(table))}")
+    return table[name]
+
+
+def _keyword_names(function: Callable) -> set[str]:
+    parameters = list(inspect.signature(function).parameters.values())
+    return {p.name for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def _options_for(function: Callable, family: dict[str, Callable], options: dict) -> dict:
+    known = set().union(*(_keyword_names(f) for f in family.values()))
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown loss option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    accepted = _keyword_names(function)
+    return {key: value for key, value in options.items() if key in accepted}
