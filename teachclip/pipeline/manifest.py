@@ -3,6 +3,8 @@
 A manifest is a directory with two CSV files:
 
 - ``videos.csv``   — ``video_id,path,split``; ``path`` relative to the manifest directory or absolute;
+  optional ``start,end`` columns (seconds) restrict a video to a clip (DiDeMo uses 0-31 s); an
+  empty cell means the start or the end of the file;
 - ``captions.csv`` — ``caption_id,video_id,text``.
 
 :func:`load_manifest` validates and raises :class:`ManifestError` naming the file, the line and the
@@ -34,6 +36,8 @@ class Video:
     video_id: str
     path: Path  # absolute
     split: str
+    start: float | None = None  # clip bounds in seconds; None = start / end of the file
+    end: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,10 @@ class Manifest:
         """
         entries = []
         for video in sorted(self.videos, key=lambda v: v.video_id):
-            entries.append([video.video_id, video.split, _file_identity(video.path, mode)])
+            entry = [video.video_id, video.split, _file_identity(video.path, mode)]
+            if video.start is not None or video.end is not None:
+                entry.append([video.start, video.end])  # only clipped videos change the hash format
+            entries.append(entry)
         captions = sorted([c.caption_id, c.video_id, c.text] for c in self.captions)
         return fingerprint(
             "manifest", {"version": MANIFEST_FINGERPRINT_VERSION, "videos": entries, "captions": captions}
@@ -120,6 +127,19 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str,
         raise ManifestError(f"{path}: malformed CSV: {exc}") from exc
 
 
+def _seconds(cell: str | None, path: Path, line: int, column: str) -> float | None:
+    cell = (cell or "").strip()
+    if not cell:
+        return None
+    try:
+        value = float(cell)
+    except ValueError:
+        raise ManifestError(f"{path}:{line}: {column} {cell!r} is not a number of seconds") from None
+    if value < 0:
+        raise ManifestError(f"{path}:{line}: {column} {value} is negative")
+    return value
+
+
 def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Manifest:
     """Load and validate a manifest directory."""
     root = Path(directory).resolve()
@@ -146,9 +166,13 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Mani
             raise ManifestError(
                 f"{videos_csv}:{line}: unknown split {split!r} for video {video_id!r} (allowed: {', '.join(allowed)})"
             )
+        start = _seconds(row.get("start"), videos_csv, line, "start")
+        end = _seconds(row.get("end"), videos_csv, line, "end")
+        if start is not None and end is not None and end <= start:
+            raise ManifestError(f"{videos_csv}:{line}: clip end {end} is not after start {start}")
         seen_videos[video_id] = line
         resolved = Path(path) if os.path.isabs(path) else root / path
-        videos.append(Video(video_id, resolved, split))
+        videos.append(Video(video_id, resolved, split, start, end))
     if not videos:
         raise ManifestError(f"{videos_csv}: no videos")
 
