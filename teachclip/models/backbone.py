@@ -9,6 +9,8 @@ read with ``safetensors`` or ``torch.load(weights_only=True)``, never unpickled.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import open_clip
@@ -57,6 +59,19 @@ def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+@contextlib.contextmanager
+def _quiet_random_init():
+    """open_clip warns on the root logger for every randomly initialised model; for our tiny
+    from-scratch models that is the intended state, so the warning is noise on every stage."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 class Backbone(nn.Module):
     """An open_clip CLIP model plus its tokenizer; the embeddings are *not* normalised."""
 
@@ -65,9 +80,10 @@ class Backbone(nn.Module):
         self.config = config
         pretrained = config.pretrained
         local = pretrained is not None and Path(pretrained).exists()
-        self.clip = open_clip.create_model(
-            config.name, pretrained=None if local else pretrained, weights_only=True
-        )
+        with _quiet_random_init():
+            self.clip = open_clip.create_model(
+                config.name, pretrained=None if local else pretrained, weights_only=True
+            )
         if local:
             state = load_state_dict_safely(pretrained)
             if "positional_embedding" not in state and any(k.startswith("clip.") for k in state):
