@@ -82,7 +82,12 @@ class Backbone(nn.Module):
         local = pretrained is not None and Path(pretrained).exists()
         with _quiet_random_init():
             self.clip = open_clip.create_model(
-                config.name, pretrained=None if local else pretrained, weights_only=True
+                config.name,
+                pretrained=None if local else pretrained,
+                weights_only=True,
+                # OpenAI's weights were trained with QuickGELU; open_clip's plain ViT-B-32 config
+                # uses GELU and only warns, which silently degrades every score
+                force_quick_gelu=pretrained == "openai",
             )
         if local:
             state = load_state_dict_safely(pretrained)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from teachclip.models import io
+from teachclip.models.teachers import official
 from teachclip.models.teachers.base import Features, Teacher, TextBatch, VideoBatch
 from teachclip.models.teachers.caption_sim import CaptionSimTeacher
 from teachclip.models.teachers.frame_clip import FrameClipTeacher
@@ -34,9 +35,14 @@ __all__ = [
 
 def build_teacher(config: TeacherConfig | dict[str, Any], load_weights: bool = True) -> Teacher:
     """A teacher of ``config.kind``; with ``load_weights`` its pretrained backbone and its trained
-    ``checkpoint`` (a ``save_teacher`` directory or a weights-only file) are loaded too."""
+    ``checkpoint`` (a ``save_teacher`` directory, a weights-only file of this teacher, or an official
+    X-CLIP / TS2-Net / X-Pool checkpoint, mapped by :mod:`.official`) are loaded too."""
     if not isinstance(config, TeacherConfig):
         config = TeacherConfig.model_validate(config)
+    # options.checkpoint_format / checkpoint_ignore: official X-CLIP/TS2-Net/X-Pool files (official.py)
+    config, checkpoint_format, ignore = official.split_checkpoint_options(config)
+    if load_weights and official.is_official(config, checkpoint_format):
+        return official.build_official_teacher(config, TEACHERS[config.kind], ignore)
     teacher = TEACHERS[config.kind](config, load_weights=load_weights)
     if load_weights and config.checkpoint:
         if not hasattr(teacher, "load_checkpoint"):

@@ -6,7 +6,8 @@ Video side, on our own forward over ``clip.visual``'s parts:
    token of the previous / next frame, so attention inside one frame sees its neighbours. ``shift``
    "token" (TS2-Net's code, whole tokens): patch p comes from frame t-1 when ``p % shift_div == 0``
    and from frame t+1 when ``p % shift_div == shift_div // 2`` (shift_div 7 on a B/32 reproduces the
-   public code's positions); "channel" (TSM-style): the first C/shift_div channels of every patch come
+   public code's positions; ``shift_next_offset`` moves the second set, which the public code starts
+   at patch 3 whatever shift_div is, e.g. shift_div 28 and offset 3 on a B/16); "channel" (TSM-style): the first C/shift_div channels of every patch come
    from t-1, the next C/shift_div from t+1. A token whose source frame is padding (or outside the
    clip) keeps its own value, so padded frames never leak into valid ones.
 2. Token selection: a small scorer (LayerNorm-Linear-GELU on each token, concatenated with the same of
@@ -17,7 +18,8 @@ Video side, on our own forward over ``clip.visual``'s parts:
    the noise goes to 0. Token shift runs only before selection (after it, token positions no longer
    line up across frames).
 3. A temporal transformer over all selected tokens of all frames (frame position embeddings, padded
-   frames masked, residual), whose CLS outputs are the frame embeddings.
+   frames masked, residual), whose CLS outputs are the frame embeddings. ``positions: token`` gives
+   every token of the joint sequence its own position embedding instead, as the public code does.
 Score: e_f = cos(sentence, frame f); alpha_f = softmax_f(4 e_f / ||e||) over valid frames (||e|| the
 L2 norm of e over valid frames); s = sum_f alpha_f e_f. Frame relevance = e_f of a caption and its own
 video. Per pair: T dot products + a softmax, about 12x a meanP dot product.
@@ -56,6 +58,13 @@ class TS2NetOptions(Options):
     pool_scale: float = Field(4.0, gt=0)  # the 4 of softmax_f(4 e_f / ||e||)
     topk_samples: int = Field(500, ge=1)  # perturbed top-k (training only)
     topk_sigma: float = Field(0.05, gt=0)
+    # token shift from frame t+1: patches p >= offset with (p - offset) % shift_div == 0 (None: offset
+    # shift_div // 2). TS2-Net's code uses shift_div = (patches + 1) // 7 and offset 3 (B/32: 7 and 3)
+    shift_next_offset: int | None = Field(None, ge=0)
+    # positions of the temporal transformer: "frame" (every token of frame f gets embedding f) or
+    # "token" (token i of the joint frame-major sequence gets embedding i, as TS2-Net's code; the table
+    # then has max_frames * (1 + topk) rows)
+    positions: Literal["frame", "token"] = "frame"
 
     @model_validator(mode="after")
     def _check(self):
@@ -64,8 +73,13 @@ class TS2NetOptions(Options):
         return self
 
 
-def temporal_shift(tokens: torch.Tensor, mask: torch.Tensor, mode: str, div: int) -> torch.Tensor:
-    """Shift part of the patch tokens [V, T, N, C] (CLS first) between adjacent frames; mask [V, T]."""
+def temporal_shift(tokens: torch.Tensor, mask: torch.Tensor, mode: str, div: int,
+                   next_offset: int | None = None) -> torch.Tensor:
+    """Shift part of the patch tokens [V, T, N, C] (CLS first) between adjacent frames; mask [V, T].
+
+    "token" mode: patch p comes from frame t-1 when p % div == 0, from frame t+1 when p >= offset and
+    (p - offset) % div == 0, offset = ``next_offset`` (None: div // 2).
+    """
     if mode == "none":
         return tokens
     shifted = tokens.clone()
@@ -74,7 +88,8 @@ def temporal_shift(tokens: torch.Tensor, mask: torch.Tensor, mode: str, div: int
     if mode == "token":
         patch = torch.arange(tokens.shape[2] - 1, device=tokens.device)
         prev_slots = patch[patch % div == 0] + 1  # +1 skips CLS
-        next_slots = patch[patch % div == div // 2] + 1
+        offset = div // 2 if next_offset is None else next_offset
+        next_slots = patch[(patch >= offset) & ((patch - offset) % div == 0)] + 1
         shifted[:, 1:, prev_slots] = torch.where(from_prev_ok, tokens[:, :-1, prev_slots], tokens[:, 1:, prev_slots])
         shifted[:, :-1, next_slots] = torch.where(from_next_ok, tokens[:, 1:, next_slots], tokens[:, :-1, next_slots])
     elif mode == "channel":
@@ -173,7 +188,8 @@ class TS2NetTeacher(ClipTeacher):
         width = int(visual.conv1.out_channels)
         self.selector = TokenSelector(width if options.select_before_last else self.embed_dim, options.topk,
                                       options.topk_samples, options.topk_sigma)
-        self.temporal = TemporalTransformer(self.embed_dim, options.temporal_layers, options.max_frames,
+        positions = options.max_frames * (1 + options.topk) if options.positions == "token" else options.max_frames
+        self.temporal = TemporalTransformer(self.embed_dim, options.temporal_layers, positions,
                                             self.backbone.clip.transformer.resblocks)
 
     def encode_texts(self, batch: TextBatch) -> Features:
@@ -198,7 +214,7 @@ class TS2NetTeacher(ClipTeacher):
             h = block.ln_1(x)
             if first_shift <= i < select_at:
                 h = temporal_shift(h.view(videos, steps, *h.shape[1:]), mask, self.options.shift,
-                                   self.options.shift_div).flatten(0, 1)
+                                   self.options.shift_div, self.options.shift_next_offset).flatten(0, 1)
             if block.attn.batch_first:
                 x = x + block.ls_1(block.attention(q_x=h))
             else:
@@ -219,7 +235,10 @@ class TS2NetTeacher(ClipTeacher):
             raise ValueError(f"{steps} frames per video exceed options.max_frames={self.options.max_frames}")
         tokens = self.frame_tokens(frames, mask)  # [V, T, 1 + k, d]
         per_frame = tokens.shape[2]
-        frame_index = torch.arange(steps, device=tokens.device).repeat_interleave(per_frame)
+        if self.options.positions == "token":
+            frame_index = torch.arange(steps * per_frame, device=tokens.device)
+        else:
+            frame_index = torch.arange(steps, device=tokens.device).repeat_interleave(per_frame)
         joint = self.temporal(tokens.flatten(1, 2), frame_index, mask.repeat_interleave(per_frame, dim=1))
         frame_embeddings = joint.view(videos, steps, per_frame, -1)[:, :, 0]  # the CLS of every frame
         return {"frames": normalize(frame_embeddings).masked_fill(~mask[..., None], 0), "mask": mask}

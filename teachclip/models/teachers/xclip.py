@@ -11,6 +11,9 @@ with tau = 0.01. Every softmax runs over valid words / frames only; the learned 
 (identity at init) mix the softmax weights across positions, and the mixed weights are masked again so
 padding can never come back in. Frame relevance is the sentence-frame cosine of a caption and its own
 video. Per pair X-CLIP costs about L*T*d (words x frames), roughly 470x a meanP dot product at B/32.
+``frame_features: clip`` and ``full_reweighting: true`` reproduce X-CLIP's released code (its
+fine-grained scores read the raw CLIP frames, and it has three more learned matrices); checkpoints of
+that code load through ``teachers/official.py``, which sets both.
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ class XClipOptions(Options):
     temporal_layers: int = Field(4, ge=1)
     max_frames: int = Field(12, ge=1)  # size of the frame position embeddings and frame reweighting
     temperature: float = Field(0.01, gt=0)  # AOSM tau
+    # frame features of the sentence-frame and frame-word scores (and of the frame relevance):
+    # "temporal" = the video head's outputs; "clip" = the raw CLIP frame embeddings, as X-CLIP's code
+    # does (use_original_clip_for_frame_features=True). The video vector always comes from the head.
+    frame_features: Literal["temporal", "clip"] = "temporal"
+    # X-CLIP's three other learned matrices (identity at init): global_mat_weight [d, d] inside the
+    # video-sentence score, word_logit_weight [L, L] / frame_logit_weight [T, T] reweighting the
+    # video-word / sentence-frame AOSM. Official checkpoints need them (teachers/official.py).
+    full_reweighting: bool = False
 
 
 def aosm(
@@ -73,8 +84,8 @@ class XClipTeacher(ClipTeacher):
         "(tau 0.01, learned reweighting), over valid words and frames"
     )
     relevance_definition = (
-        "cosine of the CLIP sentence embedding and each (temporal-transformer) frame embedding of its own "
-        "video; padded frames 0"
+        "cosine of the CLIP sentence embedding and each frame embedding of its own video (temporal-transformer "
+        "outputs; the raw CLIP frame embeddings with options.frame_features=clip); padded frames 0"
     )
 
     def __init__(self, config, load_weights: bool = True):
@@ -89,6 +100,10 @@ class XClipTeacher(ClipTeacher):
         self.frame_reweight = nn.Parameter(torch.eye(frames))  # over frames, per word (stage 1)
         self.frame_reweight_2 = nn.Parameter(torch.eye(frames))  # over frames (stage 2)
         self.word_reweight_2 = nn.Parameter(torch.eye(words))  # over words (stage 2)
+        if self.options.full_reweighting:
+            self.sentence_projection = nn.Parameter(torch.eye(dim))  # X-CLIP's global_mat_weight
+            self.video_word_reweight = nn.Parameter(torch.eye(words))  # word_logit_weight
+            self.sentence_frame_reweight = nn.Parameter(torch.eye(frames))  # frame_logit_weight
 
     def encode_texts(self, batch: TextBatch) -> Features:
         sentence, words, word_mask = self.backbone.encode_text_tokens(batch["tokens"].to(self.device))
@@ -98,14 +113,17 @@ class XClipTeacher(ClipTeacher):
         return {"sentence": normalize(sentence), "words": words, "local_words": local_words, "word_mask": word_mask}
 
     def encode_videos(self, batch: VideoBatch) -> Features:
-        frames, mask = self.encode_valid_frames(batch)
-        if frames.shape[1] > self.options.max_frames:
-            raise ValueError(f"{frames.shape[1]} frames per video exceed options.max_frames={self.options.max_frames}")
+        raw, mask = self.encode_valid_frames(batch)
+        if raw.shape[1] > self.options.max_frames:
+            raise ValueError(f"{raw.shape[1]} frames per video exceed options.max_frames={self.options.max_frames}")
+        frames = raw
         if self.temporal is not None:
             steps = torch.arange(frames.shape[1], device=frames.device)
             frames = self.temporal(frames, steps, mask)
         frames = normalize(frames).masked_fill(~mask[..., None], 0)
         video = normalize(masked_mean(frames, mask[..., None], dim=1))
+        if self.options.frame_features == "clip":
+            frames = normalize(raw).masked_fill(~mask[..., None], 0)
         return {"frames": frames, "video": video, "mask": mask}
 
     @full_precision
@@ -115,9 +133,12 @@ class XClipTeacher(ClipTeacher):
         word_mask = text_features["word_mask"]
         frames, video, mask = video_features["frames"].float(), video_features["video"].float(), video_features["mask"]
 
-        video_sentence = sentence @ video.T
-        video_word = aosm(pairwise_dot(words, video), word_mask[:, :, None], 1, tau)
-        sentence_frame = aosm(pairwise_dot(sentence, frames), mask[None], 2, tau)
+        full = self.options.full_reweighting
+        video_sentence = ((sentence @ self.sentence_projection.float()) if full else sentence) @ video.T
+        video_word = aosm(pairwise_dot(words, video), word_mask[:, :, None], 1, tau,
+                          self.video_word_reweight if full else None)
+        sentence_frame = aosm(pairwise_dot(sentence, frames), mask[None], 2, tau,
+                              self.sentence_frame_reweight if full else None)
 
         fine = pairwise_dot(text_features["local_words"].float(), frames)  # [N, L, V, T]
         word_level = aosm(fine, word_mask[:, :, None, None], 1, tau, self.word_reweight)  # [N, V, T]
