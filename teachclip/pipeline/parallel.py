@@ -53,14 +53,22 @@ def dask_client(compute: ComputeConfig, resources: dict[str, float] | None = Non
     from distributed import Client, LocalCluster
 
     if compute.scheduler == "local":
-        cluster = LocalCluster(
-            n_workers=compute.workers,
-            threads_per_worker=compute.threads_per_worker,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-            resources=resources,
-        )
+        import dask
+
+        # dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's dynamic mmap
+        # threshold: every buffer over 128 KiB (a video frame) is mapped and unmapped again, which
+        # doubled the CPU time of the decode stage (docs/decode.md). Workers keep glibc's defaults.
+        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(
+                n_workers=compute.workers,
+                threads_per_worker=compute.threads_per_worker,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+                resources=resources,
+            )
         client = Client(cluster)
         try:
             yield client
