@@ -1,0 +1,316 @@
+"""Verify, share and interchange teacher caches: verify, push/pull/ls, shared-cache pulls, HDF5, DVC."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+from teachclip.cache import sharing
+from teachclip.cache import teachers as cache
+from teachclip.cache.zarr_io import partial_path
+from teachclip.cli import app
+from teachclip.pipeline.config import (
+    BackboneConfig,
+    ComputeConfig,
+    DecodeConfig,
+    DemoConfig,
+    ExtractConfig,
+    TeacherConfig,
+)
+from teachclip.stages import extract_teachers as stage
+from teachclip.stages.decode import decode
+from teachclip.stages.demo_data import generate_demo
+
+SYNC = ComputeConfig(scheduler="sync")
+
+
+def synthetic_cache(store: Path, name: str = "teacher", seed: int = 0, n_texts: int = 10, n_videos: int = 7,
+                    frames: int = 3) -> Path:
+    """A small finished cache written through the writer API (random scores, no teacher needed)."""
+    rng = np.random.default_rng(seed)
+    identity = cache.TeacherIdentity(
+        kind="xpool", config={"seed": seed}, checkpoint_sha256=f"{seed:064x}", score_version=1,
+        has_frame_relevance=True, similarity_definition="cos", relevance_definition="logits",
+        frames_fingerprint="f" * 64, manifest_fingerprint="m" * 64,
+    )
+    layout = cache.CacheLayout(n_texts, n_videos, frames, block_texts=4, chunk_texts=2, chunk_videos=4)
+    partial = partial_path(store)
+    text_video = rng.integers(0, n_videos, n_texts)
+    cache.create_group(partial, name, identity, layout, [f"c{i:03d}" for i in range(n_texts)],
+                       [f"v{i:03d}" for i in range(n_videos)], text_video)
+    for block in range(layout.n_blocks):
+        start, stop = layout.block_rows(block)
+        cache.write_block(partial / name, block, rng.normal(size=(stop - start, n_videos)),
+                          rng.normal(size=(stop - start, frames)))
+    cache.publish_groups(partial, store, [name])
+    return store / name
+
+
+def data_files(group: Path) -> list[Path]:
+    """Every chunk or shard file of a group (everything but the metadata documents)."""
+    return sorted(p for p in group.rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def problems(path: Path) -> list[str]:
+    return [p for check in sharing.verify_store(path) for p in check.problems]
+
+
+# ---- verify ----------------------------------------------------------------------------------------
+
+
+def test_verify_accepts_an_intact_cache(tmp_path):
+    group = synthetic_cache(tmp_path / "teachers.zarr")
+    checks = sharing.verify_store(tmp_path / "teachers.zarr")
+    assert [c.ok for c in checks] == [True]
+    assert checks[0].chunks_read == 3 + 3 + 3  # similarity and relevance shards, the three id arrays
+    assert sharing.verify_group(group).ok
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_verify_fails_on_a_flipped_byte_in_any_chunk(tmp_path, where):
+    group = synthetic_cache(tmp_path / "teachers.zarr")
+    files = data_files(group)
+    assert len(files) == 3 + 3 + 3
+    for file in files:
+        original = file.read_bytes()
+        position = {"first": 0, "middle": len(original) // 2, "last": len(original) - 1}[where]
+        corrupted = bytearray(original)
+        corrupted[position] ^= 0x01
+        file.write_bytes(bytes(corrupted))
+        assert problems(group), f"a flipped byte at {position} of {file.relative_to(group)} went unnoticed"
+        file.write_bytes(original)
+    assert not problems(group)
+
+
+def test_verify_fails_on_a_missing_shard(tmp_path):
+    group = synthetic_cache(tmp_path / "teachers.zarr")
+    (group / "similarity" / "c" / "1" / "0").unlink()
+    # zarr itself reads the absent shard as the fill value without a word ...
+    assert np.isnan(zarr.open_array(group / "similarity", mode="r")[4:8]).all()
+    # ... verify does not
+    assert any("shard c/1/0 is missing" in p for p in problems(group))
+
+
+def test_verify_fails_on_a_chunk_missing_inside_a_shard(tmp_path):
+    group = synthetic_cache(tmp_path / "teachers.zarr")
+    shard = group / "similarity" / "c" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    n_chunks = 2 * 2  # a shard of 4 rows x 8 columns holds 2 x 2 chunks of 2 x 4
+    index_start = len(data) - (16 * n_chunks + 4)
+    data[index_start : index_start + 16] = struct.pack("<QQ", 2**64 - 1, 2**64 - 1)  # drop chunk (0, 0)
+    index = bytes(data[index_start:-4])
+    data[-4:] = struct.pack("<I", google_crc32c.value(index))  # a consistent index that lacks a chunk
+    shard.write_bytes(bytes(data))
+    assert any("lacks chunk [0, 0]" in p for p in problems(group))
+
+
+def test_verify_fails_on_an_incomplete_or_altered_group(tmp_path):
+    group = synthetic_cache(tmp_path / "teachers.zarr")
+    meta = group / "zarr.json"
+    document = json.loads(meta.read_text())
+    document["attributes"]["kind"] = "xclip"
+    meta.write_text(json.dumps(document))
+    assert any("metadata was altered" in p for p in problems(group))
+    document["attributes"]["kind"] = "xpool"
+    document["attributes"]["complete"] = False
+    meta.write_text(json.dumps(document))
+    assert any("incomplete" in p for p in problems(group))
+
+
+def test_cli_verify_exit_code_and_info(tmp_path):
+    group = synthetic_cache(tmp_path / "teachers.zarr")
+    runner = CliRunner()
+    result = runner.invoke(app, ["cache", "verify", str(tmp_path / "teachers.zarr")])
+    assert result.exit_code == 0, result.output
+    info = runner.invoke(app, ["cache", "info", str(tmp_path / "teachers.zarr"), "--json"])
+    assert info.exit_code == 0
+    parsed = json.loads(info.output)
+    assert parsed["groups"][0]["texts"] == 10 and parsed["groups"][0]["complete"] is True
+    assert parsed["groups"][0]["fingerprint"] == cache.open_teacher_caches(group)[0].fingerprint
+    shard = group / "frame_relevance" / "c" / "2" / "0"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")
+    assert runner.invoke(app, ["cache", "verify", str(tmp_path / "teachers.zarr")]).exit_code == 1
+
+
+# ---- push, pull, ls ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("remote_kind", ["directory", "memory"])
+def test_push_pull_round_trip_keeps_every_byte(tmp_path, remote_kind):
+    store = tmp_path / "teachers.zarr"
+    synthetic_cache(store, "a", seed=1)
+    synthetic_cache(store, "b", seed=2)
+    url = str(tmp_path / "remote") if remote_kind == "directory" else f"memory://teachclip-test-{tmp_path.name}"
+    pushed = sharing.push(store, url)
+    assert [status for *_, status in pushed] == ["pushed", "pushed"]
+    assert [status for *_, status in sharing.push(store, url)] == ["present", "present"]
+    entries = sharing.list_remote(url)
+    fingerprints = {g.name: g.fingerprint for g in cache.open_teacher_caches(store)}
+    assert sorted(e.fingerprint for e in entries) == sorted(fingerprints.values())
+    assert {e.name for e in entries} == {"a", "b"}
+
+    pulled = tmp_path / "pulled.zarr"
+    sharing.pull(url, pulled)
+    assert sharing.sha256_tree(pulled) == sharing.sha256_tree(store)
+    assert not partial_path(pulled).exists()
+
+    # one entry by its URL, under another name: the group's bytes do not depend on its name
+    single = tmp_path / "single.zarr"
+    sharing.pull(f"{url}/{fingerprints['a']}", single, name="renamed")
+    assert sharing.sha256_tree(single / "renamed") == sharing.sha256_tree(store / "a")
+
+
+def test_pull_refuses_a_name_holding_another_cache_and_a_corrupt_download(tmp_path):
+    store, other = tmp_path / "teachers.zarr", tmp_path / "other.zarr"
+    synthetic_cache(store, "a", seed=1)
+    synthetic_cache(other, "a", seed=2)
+    remote = tmp_path / "remote"
+    sharing.push(store, str(remote))
+    with pytest.raises(sharing.SharingError, match="pass --overwrite"):
+        sharing.pull(str(remote), other)
+    fingerprint = cache.open_teacher_caches(store / "a")[0].fingerprint
+    shard = remote / fingerprint / "similarity" / "c" / "0" / "0"
+    shard.write_bytes(b"\x00" + shard.read_bytes()[1:])
+    fresh = tmp_path / "fresh.zarr"
+    with pytest.raises(sharing.SharingError, match="sha256"):
+        sharing.pull(str(remote), fresh)
+    assert not (fresh / "a").exists() and not (partial_path(fresh) / "a").exists()
+
+
+def test_an_unfinished_upload_is_not_an_entry(tmp_path):
+    store = tmp_path / "teachers.zarr"
+    synthetic_cache(store, "a")
+    remote = tmp_path / "remote"
+    sharing.push(store, str(remote))
+    fingerprint = cache.open_teacher_caches(store / "a")[0].fingerprint
+    (remote / fingerprint / sharing.REMOTE_INDEX).unlink()  # as if the upload died before its index
+    assert sharing.list_remote(str(remote)) == []
+    assert sharing.find_remote(str(remote), fingerprint) is None
+
+
+# ---- HDF5 ------------------------------------------------------------------------------------------
+
+
+def test_hdf5_round_trip_keeps_every_value_and_attribute(tmp_path):
+    import h5py
+
+    store = tmp_path / "teachers.zarr"
+    synthetic_cache(store, "a", seed=1)
+    synthetic_cache(store, "b", seed=2)
+    h5 = tmp_path / "cache.h5"
+    assert sharing.export_hdf5(store, h5) == ["a", "b"]
+    with h5py.File(h5, "r") as file:
+        group = cache.open_teacher_caches(store / "a")[0]
+        np.testing.assert_array_equal(file["a/similarity"][...], zarr.open_array(store / "a" / "similarity")[...])
+        assert json.loads(file["a"].attrs[sharing.HDF5_ATTRIBUTES]) == group.attrs
+        assert [v.decode() for v in file["a/text_ids"][...]] == group.text_ids
+    imported = tmp_path / "imported.zarr"
+    assert sharing.import_hdf5(h5, imported) == ["a", "b"]
+    assert all(check.ok for check in sharing.verify_store(imported))
+    assert sharing.sha256_tree(imported) == sharing.sha256_tree(store)
+
+
+def test_cli_export_import(tmp_path):
+    store = tmp_path / "teachers.zarr"
+    synthetic_cache(store, "a")
+    runner = CliRunner()
+    h5 = tmp_path / "out.h5"
+    assert runner.invoke(app, ["cache", "export", str(store), "--format", "hdf5", str(h5)]).exit_code == 0
+    result = runner.invoke(app, ["cache", "import", str(h5), str(tmp_path / "back.zarr")])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["cache", "verify", str(tmp_path / "back.zarr")]).exit_code == 0
+    assert runner.invoke(app, ["cache", "export", str(store), "--format", "npz", str(h5)]).exit_code != 0
+
+
+# ---- a shared cache replaces the computation ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    from teachclip.models.teachers import build_teacher, save_teacher
+
+    root = tmp_path_factory.mktemp("inputs")
+    demo = generate_demo(root / "demo", DemoConfig(videos=8, width=32, height=32, fps=2, seconds=6,
+                                                   captions_per_video=2), progress=False)
+    decode(demo, root / "frames.zarr", DecodeConfig(frames_per_video=4, size=32, videos_per_shard=4), SYNC,
+           progress=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        teacher = build_teacher(TeacherConfig(kind="frame_clip", backbone=BackboneConfig(name="teachclip-micro")))
+    return {"demo": demo, "frames": root / "frames.zarr", "checkpoint": save_teacher(teacher, root / "teacher")}
+
+
+def test_a_pull_by_fingerprint_skips_the_computation(inputs, tmp_path, monkeypatch):
+    requests = stage.resolve_teachers([f"clip={inputs['checkpoint']}"], {})
+    config = ExtractConfig(block_texts=4, chunk_texts=2)
+    mine = tmp_path / "mine.zarr"
+    stage.extract_teachers(inputs["frames"], inputs["demo"], mine, requests, config, SYNC, progress=False)
+    remote = tmp_path / "shared"
+    sharing.push(mine, str(remote))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the teacher ran although the shared cache holds its scores")
+
+    monkeypatch.setattr(stage, "score_block", must_not_run)
+    monkeypatch.setattr(stage, "encode_video_unit", must_not_run)
+    theirs = tmp_path / "theirs.zarr"
+    shared = config.model_copy(update={"shared_cache": str(remote)})
+    report = stage.extract_teachers(inputs["frames"], inputs["demo"], theirs, requests, shared, SYNC, progress=False)
+    assert report.teachers[0].status == "pulled" and report.teachers[0].blocks_computed == 0
+    assert sharing.sha256_tree(theirs) == sharing.sha256_tree(mine)
+
+
+# ---- DVC: push --run-cache by one user, repro --pull by another ---------------------------------------
+
+
+def _sh(args: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow  # a dozen git/dvc processes and one extraction: ~30-60 s
+def test_dvc_run_cache_lets_a_colleague_skip_the_teacher_stage(inputs, tmp_path):
+    env = os.environ | {"DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    alice, bob, remote = tmp_path / "alice", tmp_path / "bob", tmp_path / "dvc-remote"
+    alice.mkdir()
+    shutil.copytree(inputs["demo"], alice / "demo")
+    shutil.copytree(inputs["frames"], alice / "frames.zarr")
+    shutil.copytree(inputs["checkpoint"], alice / "teacher")
+    (alice / "params.yaml").write_text("extract:\n  block_texts: 4\n  chunk_texts: 2\ncompute:\n  scheduler: sync\n")
+    teach = f"{sys.executable} -m teachclip.cli"
+    (alice / "dvc.yaml").write_text(
+        "stages:\n  extract_teachers:\n"
+        f"    cmd: {teach} extract-teachers --frames frames.zarr --manifest demo --teacher clip=teacher"
+        " --out teachers.zarr --no-progress\n"
+        "    deps: [frames.zarr, demo, teacher]\n    params: [extract]\n    outs: [teachers.zarr]\n"
+    )
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "remote", "add", "-d", "shared", str(remote)],
+                    ["dvc", "add", "-q", "frames.zarr", "teacher"], ["dvc", "repro"],
+                    ["dvc", "push", "--run-cache"], ["git", "add", "-A"], ["git", "commit", "-qm", "alice"]):
+        _sh(command, alice, env)
+    assert all(c.ok for c in sharing.verify_store(alice / "teachers.zarr"))
+
+    _sh(["git", "clone", "-q", str(alice), str(bob)], tmp_path, env)
+    (bob / "dvc.lock").unlink()  # no lock file: only DVC's run cache can know the stage's result
+    # a teachclip that refuses to run, first on Python's path: if DVC ran the stage, repro would fail
+    fake = tmp_path / "fake" / "teachclip"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise SystemExit('the teacher stage ran although DVC had it cached')\n")
+    output = _sh(["dvc", "repro", "--pull"], bob, env | {"PYTHONPATH": str(fake.parent)})
+    assert "skipping run" in output.lower() or "restored" in output.lower(), output
+    assert not partial_path(bob / "teachers.zarr").exists()
+    assert sharing.sha256_tree(bob / "teachers.zarr") == sharing.sha256_tree(alice / "teachers.zarr")
