@@ -65,7 +65,7 @@ def dask_client(compute: ComputeConfig, resources: dict[str, float] | None = Non
                 n_workers=compute.workers,
                 threads_per_worker=compute.threads_per_worker,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",  # a free port: parallel runs never fight over 8787
                 silence_logs=logging.ERROR,
                 resources=resources,
             )
