@@ -54,3 +54,26 @@ def test_override_replaces_only_given_flags():
 
 def test_repository_params_file_is_valid():
     load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+
+
+def test_student_variants_override_student_sections(tmp_path: Path):
+    from teachclip.pipeline.config import with_variant
+
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "student: {head: meanP, afa: true, backbone: {name: teachclip-micro}}\n"
+        "train_student: {epochs: 3, teachers: [{name: xpool}]}\n"
+        "students:\n"
+        "  baseline: {student: {afa: false}, train_student: {teachers: []}}\n"
+        "  bad: {train_student: {epochs: 0}}\n"
+    )
+    params = load_params(path)
+    baseline = with_variant(params, "baseline")
+    assert baseline.student.afa is False and baseline.train_student.teachers == []
+    assert baseline.student.backbone.name == "teachclip-micro"  # untouched nested fields survive
+    assert baseline.train_student.epochs == 3
+    assert with_variant(params, None) is params
+    with pytest.raises(ConfigError, match="unknown student variant 'nope'"):
+        with_variant(params, "nope")
+    with pytest.raises(ConfigError, match="'bad' is invalid"):
+        with_variant(params, "bad")

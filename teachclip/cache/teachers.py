@@ -438,11 +438,21 @@ def open_teacher_caches(spec: str | Path, in_memory: bool | None = None) -> list
     if not path.exists():
         raise TeacherCacheError(f"{path}: teacher cache not found")
     if read_group_attributes(path) is not None:
-        return [TeacherCacheGroup(path, in_memory)]
+        return [open_group(path, in_memory)]
     names = group_names(path)
     if not names:
         raise TeacherCacheError(f"{path}: no teacher groups (expected teachers.zarr or teachers.zarr/<name>)")
-    return [TeacherCacheGroup(path / name, in_memory) for name in names]
+    return [open_group(path / name, in_memory) for name in names]
+
+
+def open_group(path: Path, in_memory: bool | None = None) -> TeacherCacheGroup:
+    """The reader of one group: dense, or sparse (teachclip.cache.sparse, same API) when it is one."""
+    attrs = read_group_attributes(path)
+    if attrs is not None and "sparse" in attrs:
+        from teachclip.cache.sparse import SparseTeacherCacheGroup
+
+        return SparseTeacherCacheGroup(path, in_memory)
+    return TeacherCacheGroup(path, in_memory)
 
 
 # ---- the partial/publish protocol --------------------------------------------------------------

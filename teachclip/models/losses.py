@@ -221,3 +221,72 @@ def _options_for(function: Callable, family: dict[str, Callable], options: dict)
         raise TypeError(f"unknown loss option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     accepted = _keyword_names(function)
     return {key: value for key, value in options.items() if key in accepted}
+
+
+# ---- MCKD-style terms: relational structure and hard-negative discrimination ------------------
+# (see docs/distillation.md for the formulas and why the teacher side is derived from its similarity)
+def relation_matrix(similarity: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Pearson correlation between the *rows* of ``similarity`` [N, M]: ``R[i, k] = r(X_i,:, X_k,:)``.
+
+    Applied to a [texts, videos] matrix it says how alike two texts rank the batch's videos (text-text
+    structure); to its transpose, how alike two videos rank the texts (video-video structure). A
+    constant row has no correlation with anything (0, and 0 with itself)."""
+    centred = similarity.float() - similarity.float().mean(dim=1, keepdim=True)
+    norms = centred.norm(dim=1, keepdim=True)
+    unit = centred / norms.clamp_min(eps)
+    return unit @ unit.t()
+
+
+def relational_loss(student_logits: torch.Tensor, teacher_sims: TeacherSims, eps: float = 1e-12) -> torch.Tensor:
+    """MCKD-style structure matching, per teacher, averaged over teachers::
+
+        L_rel = mean_{i != k} (R(S)_ik - R(T)_ik)^2 + mean_{j != l} (R(S^T)_jl - R(T^T)_jl)^2
+
+    with ``R`` = :func:`relation_matrix`. Correlations ignore scale and shift, so neither the student's
+    logit scale nor the teacher's temperature changes the loss: pass any positive multiple of either."""
+    student = _student(student_logits)
+    teachers = _teachers(teacher_sims, student, 1.0)
+    n = student.shape[0]
+    if n < 2:
+        raise ValueError("relational_loss needs at least 2 pairs")
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=student.device)
+    text_structure, video_structure = relation_matrix(student, eps), relation_matrix(student.t(), eps)
+    per_teacher = [
+        (text_structure - relation_matrix(teacher, eps))[off_diagonal].square().mean()
+        + (video_structure - relation_matrix(teacher.t(), eps))[off_diagonal].square().mean()
+        for teacher in teachers
+    ]
+    return torch.stack(per_teacher).mean()
+
+
+def margin_loss(student_cosines: torch.Tensor, teacher_sims: TeacherSims, margin: float = 0.2,
+                hard_negatives: int = 1) -> torch.Tensor:
+    """Explicit discrimination on teacher-mined hard negatives, per teacher, averaged over teachers::
+
+        L_m = mean_{(i, j) in H} max(0, m - (s_ii - s_ij)) + mean_{(k, j) in H'} max(0, m - (s_jj - s_kj))
+
+    ``s`` = the student's cosines. ``H``: for each caption i, the ``hard_negatives`` videos j != i the
+    teacher scores highest *among those it scores strictly below the positive* (``T_ij < T_ii``);
+    ``H'`` the same for each video j over captions k. A candidate the teacher scores at or above the
+    positive is more likely a duplicate than a negative, so it is never pushed away. A caption (video)
+    with no candidate contributes nothing; a batch with none gives 0."""
+    student = _student(student_cosines)
+    teachers = _teachers(teacher_sims, student, 1.0)
+    if hard_negatives < 1:
+        raise ValueError(f"hard_negatives must be at least 1, got {hard_negatives}")
+    per_teacher = [_hinge_on_teacher_negatives(student, teacher, margin, hard_negatives)
+                   + _hinge_on_teacher_negatives(student.t(), teacher.t(), margin, hard_negatives)
+                   for teacher in teachers]
+    return torch.stack(per_teacher).mean()
+
+
+def _hinge_on_teacher_negatives(student: torch.Tensor, teacher: torch.Tensor, margin: float, k: int) -> torch.Tensor:
+    """Row-wise hinge of :func:`margin_loss`: negatives of row i mined from ``teacher``, scored by ``student``."""
+    n = student.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=student.device)
+    candidates = (teacher < teacher.diagonal()[:, None]) & ~eye
+    mined = teacher.masked_fill(~candidates, float("-inf")).topk(min(k, n - 1), dim=1)
+    valid = torch.isfinite(mined.values)
+    gaps = margin - (student.diagonal()[:, None] - student.gather(1, mined.indices))
+    hinges = torch.where(valid, F.relu(gaps), torch.zeros_like(gaps))
+    return hinges.sum() / valid.sum().clamp_min(1)

@@ -37,13 +37,23 @@ class DemoConfig(Section):
     out: Path = Path("data/demo")
     videos: int = Field(400, ge=4)
     seed: int = 0
-    test_fraction: float = Field(0.5, gt=0, lt=1)
-    captions_per_video: int = Field(4, ge=1)
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+    val_fraction: float = Field(0.0, ge=0, lt=1)
+    captions_per_video: int = Field(4, ge=1)  # train and val videos
     test_captions_per_video: int = Field(1, ge=1)
-    width: int = Field(96, ge=16)
-    height: int = Field(96, ge=16)
+    # frame size (even, for yuv420p); objects move inside the central min(width, height) square
+    width: int = Field(96, ge=32, multiple_of=2)
+    height: int = Field(96, ge=32, multiple_of=2)
     fps: int = Field(4, ge=1)
-    seconds: float = Field(6.0, gt=0)
+    # whole seconds: decode samples 1 frame/s, so 12 s maps one second to each of 12 frames
+    seconds: int = Field(12, ge=6)
+    two_segment_fraction: float = Field(0.8, ge=0, le=1)  # videos with a second, different object
+    min_segment_seconds: int = Field(3, ge=1)
+    junk_segments_min: int = Field(1, ge=0)  # blank / flash / noise / clutter / title-card blocks
+    junk_segments_max: int = Field(3, ge=0)
+    other_segment_caption_fraction: float = Field(0.25, ge=0, le=1)  # train captions naming the other object
+    scene_mention_fraction: float = Field(0.5, ge=0, le=1)  # captions that also name the background
+    crf: int = Field(20, ge=0, le=51)  # libx264 quality
 
 
 class DecodeConfig(Section):
@@ -52,8 +62,9 @@ class DecodeConfig(Section):
     frames_per_video: int = Field(12, ge=1)
     sample_fps: float = Field(1.0, gt=0)  # first sample at this rate, then linspace down to T
     size: int = Field(224, ge=8)  # short side resized to this, then center crop size x size
-    backend: Literal["pyav", "ffmpeg"] = "pyav"
+    backend: Literal["pyav", "ffmpeg"] = "pyav"  # chosen by bench/decode.py (docs/decode.md)
     ffmpeg_binary: str | None = None  # None: the binary shipped by imageio-ffmpeg
+    decoder_threads: int = Field(1, ge=1)  # per video; 1 is best when workers fill the cores
     videos_per_shard: int = Field(16, ge=1)
     max_failure_fraction: float = Field(0.05, ge=0, le=1)
     fingerprint_mode: Literal["content", "stat"] = "content"
@@ -69,14 +80,20 @@ class BackboneConfig(Section):
 
 
 class StudentConfig(Section):
-    """CLIP4Clip student with optional AFA."""
+    """CLIP4Clip student with optional AFA (see teachclip/models/student.py)."""
 
     backbone: BackboneConfig = BackboneConfig()
     head: Literal["meanP", "seqTransf"] = "meanP"
     afa: bool = True
-    afa_pool_temperature: float = Field(0.1, gt=0)
-    afa_weight_temperature: float = Field(1.0, gt=0)
-    temporal_layers: int = Field(4, ge=1)
+    afa_pool_temperature: float = Field(0.1, gt=0)  # softmax(w / this) pools the video vector
+    afa_weight_temperature: float = Field(1.0, gt=0)  # softmax(w / this): the weights the fine loss supervises
+    temporal_layers: int = Field(4, ge=1)  # seqTransf only
+    # seqTransf init, as CLIP4Clip: copy the text tower's first layers and positions ("random": don't)
+    temporal_init: Literal["text", "random"] = "text"
+    max_frames: int = Field(64, ge=1)  # frame position embeddings of seqTransf
+    # None: the backbone's own learned scale (1/0.07 for a model trained from scratch, 100 for OpenAI CLIP)
+    logit_scale_init: float | None = Field(None, gt=0)
+    # True: the whole open_clip model (both towers) is frozen, so per-frame features can be cached
     freeze_backbone: bool = False
 
 
@@ -85,27 +102,40 @@ class TeacherConfig(Section):
 
     kind: Literal["xpool", "xclip", "ts2net", "frame_clip", "caption_sim"]
     backbone: BackboneConfig = BackboneConfig()
-    checkpoint: str | None = None  # trained weights (safetensors) or official state dict
-    options: dict[str, Any] = {}
+    # trained weights: a `save_teacher` directory, a safetensors / weights-only torch state dict of this
+    # teacher, or an official X-Pool/X-CLIP/TS2-Net checkpoint (mapped by teachers/official.py; detected
+    # from its key names, or set options.checkpoint_format: official)
+    checkpoint: str | None = None
+    options: dict[str, Any] = {}  # kind-specific, validated by the teacher (teachclip/models/teachers/<kind>.py)
 
 
 class TrainTeacherConfig(Section):
+    """``teach train-teacher``: symmetric InfoNCE on the train split (see docs/training.md)."""
+
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = 1e-4
-    lr_backbone: float = 1e-4
-    weight_decay: float = 0.2
+    batch_size: int = Field(64, ge=2)  # one caption per video, so also videos per batch
+    lr: float = Field(1e-4, gt=0)  # the teacher's own modules and the logit scale
+    lr_backbone: float = Field(1e-4, ge=0)  # the open_clip towers (parameters named backbone.*)
+    weight_decay: float = Field(0.2, ge=0)  # never on biases, norms, embeddings, logit scale
     warmup_fraction: float = Field(0.1, ge=0, le=1)
-    grad_clip: float = 1.0
+    grad_clip: float = Field(1.0, gt=0)
     seed: int = 0
-    num_workers: int = 0
+    prefetch: bool = True  # read the next frames batch in a background thread
+    eval_every: int = Field(1, ge=1)  # test-split retrieval every N epochs (and always the last)
 
 
 class ExtractConfig(Section):
-    teachers: list[str] = []  # names from the `teachers:` section, optionally NAME=CHECKPOINT
+    """Teacher extraction into the teacher cache (see docs/teacher-cache.md)."""
+
+    teachers: list[str] = []  # names from the `teachers:` section (or teacher kinds), optionally NAME=CHECKPOINT
+    # per worker: a block's float32 output may take half of it, a scoring step's workspace the other half
     memory_budget_mb: int = Field(1024, ge=16)
-    block_texts: int = Field(256, ge=1)  # rows per similarity chunk (the unit of work and resume)
-    block_videos: int | None = None  # None: every train video in one block column
+    # rows (captions) per block: one shard file per array, the unit of work and of resume; fewer when
+    # a block would not fit the memory budget; rounded down to whole chunks
+    block_texts: int = Field(2048, ge=1)
+    chunk_texts: int = Field(32, ge=1)  # rows per chunk inside a shard: what a random read decodes
+    block_videos: int | None = Field(None, ge=1)  # columns per chunk; None: every train video in one chunk
+    encode_batch: int = Field(32, ge=1)  # captions / videos per encode call (videos per feature unit)
     shared_cache: str | None = None  # fsspec URL searched by fingerprint before computing
 
 
@@ -115,31 +145,67 @@ class TeacherWeight(Section):
 
 
 class TrainStudentConfig(Section):
-    teachers: list[TeacherWeight] = []  # empty list: the untaught CLIP4Clip/AFA baseline
-    weight_nce: float = Field(0.2, ge=0)
+    """``teach train-student``: a CLIP4Clip/AFA student from cached teacher soft labels (see
+    teachclip/stages/train_student.py for the loss and how the terms are normalised)."""
+
+    # teachers to learn from: group names in the teacher cache(s) given to the stage, each with a
+    # weight. None: every group of the given caches at weight 1. []: no teacher, the untaught
+    # CLIP4Clip/AFA baseline (InfoNCE alone, at weight 1), whatever caches are given
+    teachers: list[TeacherWeight] | None = None
+    weight_nce: float = Field(0.2, ge=0)  # TeachCLIP code: 0.2 / 1 / 2 (paper: 1 / 1 / 1)
     weight_coarse: float = Field(1.0, ge=0)
     weight_fine: float = Field(2.0, ge=0)
     coarse_loss: Literal["pearson", "kl", "huber"] = "pearson"
     fine_loss: Literal["ce", "kl"] = "ce"
+    # teacher logits = cached similarity / this; caches store cosines, and 0.01 (CLIP's scale of 100)
+    # reproduces TeachCLIP's code, which softmaxes its teachers' scaled logits
+    teacher_temperature: float = Field(0.01, gt=0)
     fine_temperature: float = Field(1.0, gt=0)  # tau of softmax(relevance / tau)
+    # "frame": mean over captions x valid frames (TeachCLIP's code, the scale weight_fine=2 is for);
+    # "caption": sum over frames, mean over captions
+    fine_reduction: Literal["frame", "caption"] = "frame"
     huber_delta: float = Field(1.0, gt=0)
+    # MCKD-style options (docs/distillation.md), 0 = off: the teacher's text-text / video-video
+    # structure, and a margin between positives and the teacher's hardest in-batch negatives
+    weight_relational: float = Field(0.0, ge=0)
+    weight_margin: float = Field(0.0, ge=0)
+    margin: float = Field(0.2, ge=0)  # on the student's cosines
+    margin_negatives: int = Field(1, ge=1)  # hardest teacher-mined negatives per caption / video
+    # "neighbourhood": batches grown from the first teacher's stored top-k videos (needs a sparse cache,
+    # `teach cache sparsify`), so that in-batch soft labels are known; "caption_per_video": CLIP4Clip's
+    sampler: Literal["caption_per_video", "neighbourhood"] = "caption_per_video"
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(120, ge=2)
-    lr_backbone: float = 1e-7
-    lr_new: float = 1e-4
-    lr_afa: float = 1e-3
-    weight_decay: float = 0.2
+    batch_size: int = Field(120, ge=2)  # global batch (all ranks together): videos, one caption each
+    lr_backbone: float = Field(1e-7, ge=0)  # the open_clip towers (CLIP4Clip: 1e-7 from pretrained CLIP)
+    lr_new: float = Field(1e-4, ge=0)  # temporal transformer, logit scale
+    lr_afa: float = Field(1e-3, ge=0)
+    weight_decay: float = Field(0.2, ge=0)  # never on biases, norms, embeddings, logit scale
     warmup_fraction: float = Field(0.1, ge=0, le=1)
-    grad_clip: float = 1.0
+    grad_clip: float = Field(1.0, gt=0)
     seed: int = 0
     caption_mask: str | None = None  # file from `teach audit-captions`
-    eval_every: int = Field(1, ge=1)
+    eval_every: int = Field(1, ge=1)  # test-split retrieval every N epochs (and always the last)
+    prefetch: bool = True  # read the next frames batch in a background thread
 
 
 class EvaluateConfig(Section):
+    """``teach evaluate`` and the per-epoch evaluation of the training stages."""
+
     split: str = "test"
-    block_texts: int = Field(512, ge=1)
+    block_texts: int = Field(512, ge=1)  # teacher scoring: texts x videos per score() call
     block_videos: int = Field(2048, ge=1)
+    batch_videos: int = Field(32, ge=1)  # videos per encode call (frames read and encoded together)
+    batch_texts: int = Field(512, ge=1)  # captions per encode call
+
+
+class StudentVariant(Section):
+    """A named student recipe (``students.<name>`` in params.yaml): field overrides of the
+    ``student`` and ``train_student`` sections. The demo compares variants such as the meanP
+    baseline, AFA without teaching and taught students with one code path."""
+
+    description: str = ""
+    student: dict[str, Any] = {}
+    train_student: dict[str, Any] = {}
 
 
 class Params(Section):
@@ -154,8 +220,39 @@ class Params(Section):
     extract: ExtractConfig = ExtractConfig()
     train_student: TrainStudentConfig = TrainStudentConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    students: dict[str, StudentVariant] = {}
     # Free-form paths used by dvc.yaml (``${paths.frames}``); not read by the library itself.
     paths: dict[str, str] = {}
+
+
+def with_variant(params: Params, name: str | None) -> Params:
+    """``params`` with the overrides of student variant ``name`` applied (None: unchanged)."""
+    if name is None:
+        return params
+    if name not in params.students:
+        known = ", ".join(sorted(params.students)) or "none defined"
+        raise ConfigError(f"unknown student variant {name!r} (params.yaml students: {known})")
+    variant = params.students[name]
+    try:
+        student = type(params.student).model_validate(
+            _deep_merge(params.student.model_dump(), variant.student)
+        )
+        train_student = type(params.train_student).model_validate(
+            _deep_merge(params.train_student.model_dump(), variant.train_student)
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"student variant {name!r} is invalid:\n{exc}") from exc
+    return params.model_copy(update={"student": student, "train_student": train_student})
+
+
+def _deep_merge(base: dict, updates: dict) -> dict:
+    merged = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,269 @@
+"""Sparse teacher caches for collections too large for a dense [texts, videos] matrix (WebVid scale).
+
+A sparse group keeps, per training caption, the teacher's ``top_k`` best videos with their scores and
+the score of the matched pair (the caption's own video, whether or not it is in the top k)::
+
+    teachers.zarr/<name>/            attrs: the dense group's identity + {"sparse": {...}}, own fingerprint
+      neighbour_videos  int32 [texts, K]    columns (into video_ids) of the top-k videos, best first
+      neighbour_scores  float16 [texts, K]  their raw teacher scores
+      own_score         float16 [texts]     score of each caption against its own video
+      frame_relevance   float32 [texts, T]  copied from the dense group (when the teacher has it)
+      text_ids, video_ids, text_video       as in the dense group
+
+:class:`SparseTeacherCacheGroup` has the dense reader's API (``open_teacher_caches`` returns one for
+a sparse group). ``similarity_block(rows, cols)`` returns the stored score where it is known and,
+elsewhere, the **row's k-th best stored score** (``neighbour_scores[row, K-1]``): every unknown entry is
+at most that value, so it is the tightest bound the cache holds and never ranks an unknown video above
+a known neighbour. ``known_mask(rows, cols)`` says which entries are exact. Training therefore builds
+batches from the neighbourhoods (:func:`neighbourhood_batches`), so most in-batch soft labels are
+known.
+
+Disk and memory per caption: ``K * (4 + 2) + 2`` bytes instead of ``2 * videos`` (``bench/sparse.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from teachclip.cache import teachers as dense
+from teachclip.cache.zarr_io import create_array, partial_path, read_strings, write_strings
+from teachclip.pipeline.fingerprint import canonical_json, fingerprint
+from teachclip.pipeline.training import Batch
+
+NEIGHBOUR_VIDEOS = "neighbour_videos"
+NEIGHBOUR_SCORES = "neighbour_scores"
+OWN_SCORE = "own_score"
+FILL_RULE = "row_kth_score"  # unknown entries read as the row's k-th best stored score
+
+
+def sparse_fingerprint(dense_fingerprint: str, top_k: int) -> str:
+    """A sparse group holds other bytes than its dense source: it gets its own identity."""
+    return fingerprint("sparse-teacher-cache", {"dense": dense_fingerprint, "top_k": top_k})
+
+
+def top_k_of_rows(scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(columns int32 [n, k], scores float32 [n, k]) of each row's k best entries, best first; ties by
+    the lower column (a stable, reproducible order). NaN counts as -inf."""
+    scores = np.where(np.isnan(scores), -np.inf, scores.astype(np.float32))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    return order.astype(np.int32), np.take_along_axis(scores, order, axis=1)
+
+
+def sparsify(group_path: str | Path, out: str | Path, top_k: int, name: str | None = None,
+             block_texts: int = 1024) -> Path:
+    """Convert one complete dense group into a sparse group ``out/<name>`` (default: the same name),
+    reading the dense matrix ``block_texts`` rows at a time. Written in ``<out>.partial`` and published
+    as :mod:`teachclip.cache.teachers` does."""
+    source = dense.TeacherCacheGroup(group_path, in_memory=False)
+    if not source.complete:
+        raise dense.TeacherCacheError(f"{source.path}: incomplete teacher cache; finish extract-teachers first")
+    n_texts, n_videos = source.layout.n_texts, source.layout.n_videos
+    top_k = min(top_k, n_videos)
+    if top_k < 1:
+        raise ValueError("top_k must be at least 1")
+    name = dense.check_group_name(name or source.name)
+    out = Path(out)
+    dense.check_store_or_absent(out)
+    partial = partial_path(out)
+    dense.open_root(partial)
+    attrs = dict(source.attrs) | {
+        "complete": False,
+        "fingerprint": sparse_fingerprint(source.fingerprint, top_k),
+        "sparse": {"top_k": top_k, "dense_fingerprint": source.fingerprint, "fill": FILL_RULE},
+    }
+    group = zarr.open_group(partial, mode="a").create_group(name, overwrite=True,
+                                                              attributes=_canonical(attrs))
+    chunk = max(1, min(block_texts, n_texts))
+    neighbours = create_array(group, NEIGHBOUR_VIDEOS, shape=(n_texts, top_k), chunks=(chunk, top_k), dtype="int32",
+                              fill_value=-1)
+    scores = create_array(group, NEIGHBOUR_SCORES, shape=(n_texts, top_k), chunks=(chunk, top_k), dtype="float16",
+                          fill_value=float("nan"))
+    own = create_array(group, OWN_SCORE, shape=(n_texts,), chunks=(chunk,), dtype="float16", fill_value=float("nan"))
+    relevance = None
+    if source.has_frame_relevance:
+        relevance = create_array(group, dense.RELEVANCE, shape=(n_texts, source.frames_per_video),
+                                 chunks=(chunk, source.frames_per_video), dtype="float32", fill_value=float("nan"))
+    all_videos = np.arange(n_videos)
+    for start in range(0, n_texts, chunk):
+        rows = np.arange(start, min(start + chunk, n_texts))
+        block = source.similarity_block(rows, all_videos)
+        columns, values = top_k_of_rows(block, top_k)
+        neighbours[rows[0] : rows[-1] + 1] = columns
+        scores[rows[0] : rows[-1] + 1] = values.astype(np.float16)
+        own[rows[0] : rows[-1] + 1] = block[np.arange(len(rows)), source.text_video[rows]].astype(np.float16)
+        if relevance is not None:
+            relevance[rows[0] : rows[-1] + 1] = source.frame_relevance(rows)
+    write_strings(group, dense.TEXT_IDS, source.text_ids)
+    write_strings(group, dense.VIDEO_IDS, source.video_ids)
+    create_array(group, dense.TEXT_VIDEO, shape=(n_texts,), chunks=(n_texts,), dtype="int32",
+                 fill_value=-1)[...] = source.text_video.astype(np.int32)
+    dense.publish_groups(partial, out, [name])
+    return out / name
+
+
+def _canonical(attrs: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return json.loads(canonical_json(attrs))
+
+
+def is_sparse(attrs: dict[str, Any]) -> bool:
+    return "sparse" in attrs
+
+
+class SparseTeacherCacheGroup(dense.TeacherCacheGroup):
+    """The dense reader's API over a sparse group (module docstring), plus :meth:`known_mask` and
+    :meth:`neighbours`. Its arrays are small (K per caption) and always read into memory."""
+
+    def __init__(self, path: str | Path, in_memory: bool | None = None):  # in_memory: accepted, always True
+        self.path = Path(path)
+        attrs = dense.read_group_attributes(self.path)
+        if attrs is None or not is_sparse(attrs):
+            raise dense.TeacherCacheError(f"{self.path}: not a sparse teacher cache group")
+        if attrs.get("schema_version") != dense.SCHEMA_VERSION:
+            raise dense.TeacherCacheError(f"{self.path}: schema_version {attrs.get('schema_version')} "
+                                          f"(this code reads {dense.SCHEMA_VERSION})")
+        self.attrs = attrs
+        self.name, self.kind, self.fingerprint = self.path.name, attrs["kind"], attrs["fingerprint"]
+        self.frames_fingerprint, self.manifest_fingerprint = attrs["frames_fingerprint"], attrs["manifest_fingerprint"]
+        self.complete, self.has_frame_relevance = bool(attrs["complete"]), bool(attrs["has_frame_relevance"])
+        self.layout = dense.layout_from_attributes(attrs)
+        self.top_k: int = attrs["sparse"]["top_k"]
+        try:
+            group = zarr.open_group(self.path, mode="r")
+            self.text_ids = read_strings(group[dense.TEXT_IDS])
+            self.video_ids = read_strings(group[dense.VIDEO_IDS])
+            self.text_video = np.asarray(group[dense.TEXT_VIDEO][...], dtype=np.int64)
+            # kept as stored (int32, float16): RAM = the arrays' uncompressed size (bench/sparse.py)
+            self._neighbours = self._read_checked(group[NEIGHBOUR_VIDEOS], ...)
+            self._scores = self._read_checked(group[NEIGHBOUR_SCORES], ...)
+            self._own = self._read_checked(group[OWN_SCORE], ...)
+            self._relevance = self._read_checked(group[dense.RELEVANCE], ...) if self.has_frame_relevance else None
+        except (KeyError, OSError) as exc:
+            raise dense.TeacherCacheError(f"{self.path}: cannot read the sparse group's arrays ({exc})") from exc
+        self._similarity = None
+        self._text_rows = {caption_id: row for row, caption_id in enumerate(self.text_ids)}
+        self._video_cols = {video_id: col for col, video_id in enumerate(self.video_ids)}
+
+    @property
+    def in_memory(self) -> bool:
+        return True
+
+    def load_into_memory(self) -> None:
+        """Already in memory."""
+
+    def neighbours(self, text_rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(video columns int64 [n, K], scores float32 [n, K]) of each caption's stored top-k."""
+        rows = np.asarray(text_rows, dtype=np.int64)
+        return self._neighbours[rows].astype(np.int64), self._scores[rows].astype(np.float32)
+
+    def known_mask(self, text_rows: Sequence[int] | np.ndarray, video_cols: Sequence[int] | np.ndarray) -> np.ndarray:
+        """bool [n, m]: True where :meth:`similarity_block` returns a stored score, not the fill."""
+        return self._lookup_block(text_rows, video_cols)[1]
+
+    def similarity_block(self, text_rows: Sequence[int] | np.ndarray,
+                         video_cols: Sequence[int] | np.ndarray) -> np.ndarray:
+        """float32 [n, m]: stored scores where known, the row's k-th best stored score elsewhere."""
+        return self._lookup_block(text_rows, video_cols)[0]
+
+    def _lookup_block(self, text_rows, video_cols) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(text_rows, dtype=np.int64)
+        cols = np.asarray(video_cols, dtype=np.int64)
+        neighbours, scores = self._neighbours[rows], self._scores[rows].astype(np.float32)
+        match = neighbours[:, None, :] == cols[None, :, None]  # [n, m, K]
+        found = match.any(axis=2)
+        values = np.where(found, np.take_along_axis(scores, match.argmax(axis=2), axis=1), scores[:, -1:])
+        is_own = cols[None, :] == self.text_video[rows][:, None]
+        values = np.where(is_own, self._own[rows][:, None], values)
+        return values.astype(np.float32), found | is_own
+
+    def __repr__(self) -> str:
+        return (f"SparseTeacherCacheGroup({self.name!r}, kind={self.kind!r}, {self.layout.n_texts}x{self.layout.n_videos}"
+                f" top-{self.top_k}, fingerprint={self.fingerprint[:12]}, complete={self.complete})")
+
+
+# ---- the neighbourhood sampler ----------------------------------------------------------------------
+
+
+def training_neighbours(group: dense.TeacherCacheGroup, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """int64 [training captions, K]: each training caption's stored neighbours as *training-set video
+    positions* (-1 for a neighbour outside the training set). ``rows``/``cols``: the training set's
+    cache rows and columns (``train_student.Teacher.rows/cols``)."""
+    if not isinstance(group, SparseTeacherCacheGroup):
+        raise dense.TeacherCacheError(f"{group.path}: the neighbourhood sampler needs a sparse teacher cache "
+                                      f"(`teach cache sparsify`)")
+    position_of_column = np.full(group.layout.n_videos, -1, dtype=np.int64)
+    position_of_column[cols] = np.arange(len(cols))
+    return position_of_column[group.neighbours(rows)[0]]
+
+
+def neighbourhood_batches(captions_of_video: Sequence[Sequence[int]], neighbours: np.ndarray, batch_size: int,
+                          seed: int, epoch: int) -> list[Batch]:
+    """Every video once per epoch with one of its captions (as :func:`caption_per_video_batches`), but a
+    batch is grown greedily from an anchor so that the teacher's scores of most in-batch pairs are
+    stored. A pure function of ``(seed, epoch)``.
+
+    ``neighbours[c]``: video positions of caption c's stored top-k (-1: none). Growing a batch: among
+    the unused videos that a member's drawn caption lists, add the one that makes the most new pairs
+    known, ``#members listing it + #members its own drawn caption lists`` (ties: the lower position).
+    When no member lists an unused video, the batch continues from the next unused anchor of a
+    shuffled order. A last batch of a single video is dropped (InfoNCE needs negatives)."""
+    counts = np.array([len(c) for c in captions_of_video], dtype=np.int64)
+    if (counts == 0).any():
+        raise ValueError(f"video position {int(np.argmin(counts))} has no captions")
+    rng = np.random.default_rng([seed, epoch, 1])
+    order = rng.permutation(len(counts))
+    choice = rng.integers(0, counts)
+    caption_of = np.array([captions_of_video[v][c] for v, c in enumerate(choice)], dtype=np.int64)
+    listed = [[int(v) for v in neighbours[caption_of[video]] if v >= 0] for video in range(len(counts))]
+    listers: list[list[int]] = [[] for _ in range(len(counts))]  # videos whose drawn caption lists this one
+    for video, targets in enumerate(listed):
+        for target in targets:
+            listers[target].append(video)
+    used = np.zeros(len(counts), dtype=bool)
+    batches, anchor = [], 0
+    while True:
+        while anchor < len(order) and used[order[anchor]]:
+            anchor += 1
+        if anchor == len(order):
+            return batches
+        members: list[int] = []
+        gain: dict[int, int] = {}  # unused candidate -> pairs with the members that adding it makes known
+        while len(members) < batch_size:
+            if gain:
+                video = max(gain, key=lambda v: (gain[v], -v))
+            else:  # no member is related to an unused video: continue from the next anchor
+                while anchor < len(order) and used[order[anchor]]:
+                    anchor += 1
+                if anchor == len(order):
+                    break
+                video = int(order[anchor])
+            used[video] = True
+            members.append(video)
+            gain.pop(video, None)
+            for other in listed[video] + listers[video]:  # it lists them, or they list it
+                if not used[other]:
+                    gain[other] = gain.get(other, 0) + 1
+        if len(members) >= 2:
+            videos = np.array(members, dtype=np.int64)
+            batches.append(Batch(videos, caption_of[videos]))
+
+
+def known_fraction(group: SparseTeacherCacheGroup, rows: np.ndarray, cols: np.ndarray, batches: list[Batch]) -> float:
+    """Fraction of in-batch (caption, video) teacher scores that are stored, over ``batches``."""
+    known = sum(group.known_mask(rows[b.captions], cols[b.videos]).sum() for b in batches)
+    total = sum(len(b.videos) ** 2 for b in batches)
+    return float(known / max(total, 1))
+
+
+def dense_bytes(captions: int, videos: int) -> int:
+    return 2 * captions * videos  # float16
+
+
+def sparse_bytes(captions: int, top_k: int) -> int:
+    return captions * (top_k * (4 + 2) + 2)  # int32 column + float16 score per neighbour, float16 own score

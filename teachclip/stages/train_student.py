@@ -1,0 +1,477 @@
+"""``teach train-student``: a CLIP4Clip/AFA student taught by cached teacher soft labels.
+
+The student never runs a teacher. Each batch holds one caption per training video (CLIP4Clip style,
+re-drawn every epoch); its soft labels are read from ``teachers.zarr``: the teacher similarity block
+``T[batch captions, batch videos]`` and the raw frame relevance of the matched (caption, own video)
+pairs. The loss of a batch with student logits ``S = logit_scale * text @ video.T``::
+
+    loss = w_nce * InfoNCE(S)
+         + w_coarse * sum_k a_k coarse(S, T_k / teacher_temperature) / sum_k a_k     (every teacher k)
+         + w_fine   * sum_k a_k fine(AFA weights, relevance_k, tau) / sum_k a_k      (teachers with relevance)
+         + w_relational * relational(S, T_k), w_margin * margin(cosines, T_k)   (same weighting; default off)
+
+``relational`` and ``margin`` are the MCKD-style options of docs/distillation.md. ``caption_mask`` (from
+``teach audit-captions``) removes flagged captions from the sampler.
+
+``a_k`` are the per-teacher weights (``train_student.teachers``); ``huber`` averages the teachers'
+matrices first (TeachText) instead of their losses. Defaults are TeachCLIP's code: 0.2 / 1 / 2,
+Pearson + CE. A term whose weight is 0 is not computed at all (its cache arrays are not even read).
+With no teacher (``teachers: []`` or no cache given) the same step trains the CLIP4Clip/AFA baseline
+with InfoNCE alone at weight **1**, not 0.2: the 0.2 only balances InfoNCE against teaching terms,
+and with those gone it would merely scale the learning rate down five-fold.
+
+Learning rates per group (``Student.param_groups``): backbone / new modules (temporal head, logit
+scale) / AFA; AdamW, warmup + cosine, gradient clipping, AMP on CUDA. ``freeze_backbone``: the
+open_clip towers are frozen, so every training caption's text vector and every training video's
+per-frame features are computed once, kept in memory, and the steps only run the head (fast on CPU).
+
+Distributed: launch with ``torchrun --nproc_per_node N -m teachclip.cli train-student ...``. The
+global batch (``batch_size``) is split over the ranks; text vectors, video vectors, AFA weights and
+frame masks are gathered (:class:`GatherWithGrad`) and every rank computes the loss of the whole
+global batch, exactly as one process would; the gather's backward sums the ranks' gradients of each
+slice and DDP averages, which together give the single-process gradient.
+
+Output directory::
+
+    config.json, model.safetensors    the student (save_model kind "student"): teach evaluate/search/export
+    metrics.tsv, metrics.json         one row per epoch: loss by term, logit scale, lr, test R@1/5/10 ...
+    checkpoint/                       training state for --resume (weights, AdamW, schedule, RNG)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from teachclip.cache.teachers import TeacherCacheGroup, open_teacher_caches
+from teachclip.models.backbone import autocast, pick_device
+from teachclip.models.io import save_model
+from teachclip.models.losses import coarse_loss, fine_loss, info_nce, margin_loss, relational_loss
+from teachclip.models.student import Student
+from teachclip.pipeline.config import (
+    ComputeConfig,
+    EvaluateConfig,
+    StudentConfig,
+    TeacherWeight,
+    TrainStudentConfig,
+)
+from teachclip.pipeline.manifest import load_manifest
+from teachclip.pipeline.training import (
+    MetricsLog,
+    RunningLosses,
+    TrainingSet,
+    build_optimizer,
+    caption_per_video_batches,
+    frames_batches,
+    grad_scaler,
+    has_training_state,
+    load_training_state,
+    save_training_state,
+    seed_everything,
+    training_progress,
+    training_set,
+    warmup_cosine,
+)
+from teachclip.stages.evaluate import evaluate_split, open_frames_for
+from teachclip.stages.train_teacher import check_same_run
+
+CHECKPOINT_DIR = "checkpoint"
+# fields that do not change the trained weights: a resume may change them
+RESUME_FREE_FIELDS = {"prefetch", "eval_every"}
+TEST_COLUMNS = ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "v2t_R1", "v2t_R5", "v2t_R10")
+
+
+class TrainStudentError(ValueError):
+    """A run that cannot start: unusable teacher caches, a resume of another run, bad settings."""
+
+
+# ---- teachers -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Teacher:
+    """One cached teacher of this run, with where each training caption and video sits in its cache."""
+
+    group: TeacherCacheGroup
+    weight: float
+    rows: np.ndarray  # cache row of every training caption (TrainingSet.caption_ids order)
+    cols: np.ndarray  # cache column of every training video (TrainingSet.video_ids order)
+
+
+def select_teachers(
+    specs: list[str | Path], wanted: list[TeacherWeight] | None, frames_fingerprint: str, data: TrainingSet
+) -> list[Teacher]:
+    """Open the caches, pick the configured groups, refuse incomplete ones and ones computed from
+    other frames (naming both fingerprints), and map the training set into each cache."""
+    if wanted is not None and len(wanted) == 0:
+        return []  # the untaught baseline, whatever caches were given
+    groups: dict[str, TeacherCacheGroup] = {}
+    for spec in specs:
+        for group in open_teacher_caches(spec):
+            if group.name in groups:
+                raise TrainStudentError(f"teacher {group.name!r} given twice: {groups[group.name].path} and {group.path}")
+            groups[group.name] = group
+    if wanted is None:
+        chosen = [(name, 1.0) for name in groups]
+    else:
+        unknown = [t.name for t in wanted if t.name not in groups]
+        if unknown:
+            raise TrainStudentError(f"teacher(s) {', '.join(unknown)} not in the given caches "
+                                    f"(they hold: {', '.join(groups) or 'nothing'})")
+        chosen = [(t.name, t.weight) for t in wanted]
+    teachers = []
+    for name, weight in chosen:
+        group = groups[name]
+        if not group.complete:
+            raise TrainStudentError(f"{group.path}: teacher cache {group.fingerprint} is incomplete; "
+                                    f"finish it with `teach extract-teachers` first")
+        group.require_frames(frames_fingerprint)  # TeacherCacheError naming both fingerprints
+        if weight > 0:  # a zero-weight teacher takes no part at all
+            teachers.append(Teacher(group, weight, group.text_index(data.caption_ids), group.video_index(data.video_ids)))
+    return teachers
+
+
+def loss_weights(config: TrainStudentConfig, teachers: list[Teacher]) -> dict[str, float]:
+    """The terms in the loss and their weights; a term with weight 0 is absent (never computed)."""
+    if not teachers:
+        return {"nce": 1.0}  # the baseline: see the module docstring
+    weights = {"nce": config.weight_nce, "coarse": config.weight_coarse,
+               "relational": config.weight_relational, "margin": config.weight_margin}
+    if any(t.group.has_frame_relevance for t in teachers):
+        weights["fine"] = config.weight_fine
+    return {term: weight for term, weight in weights.items() if weight > 0}
+
+
+SIMILARITY_TERMS = {"coarse", "relational", "margin"}  # the terms that read the teachers' similarity blocks
+
+
+@dataclass
+class SoftLabels:
+    """The global batch's teacher outputs: [(weight, similarity [B, B])], [(weight, relevance [B, T])]."""
+
+    similarities: list[tuple[float, torch.Tensor]]
+    relevances: list[tuple[float, torch.Tensor]]
+
+
+def gather_soft_labels(teachers: list[Teacher], captions: np.ndarray, videos: np.ndarray,
+                       terms: dict[str, float]) -> SoftLabels:
+    """Rows = the batch's captions, columns = the batch's videos (caption i belongs to video i)."""
+    similarities = [(t.weight, torch.from_numpy(t.group.similarity_block(t.rows[captions], t.cols[videos])))
+                    for t in teachers] if terms.keys() & SIMILARITY_TERMS else []
+    relevances = [(t.weight, torch.from_numpy(t.group.frame_relevance(t.rows[captions])))
+                  for t in teachers if t.group.has_frame_relevance] if "fine" in terms else []
+    return SoftLabels(similarities, relevances)
+
+
+# ---- distributed ------------------------------------------------------------------------------
+
+
+class GatherWithGrad(torch.autograd.Function):
+    """``all_gather`` of per-rank slices of different lengths, with gradient (CLIP4Clip's AllGather).
+
+    Every rank computes the same loss from the gathered global batch, so the gradient of a rank's
+    slice is the *sum* of every rank's gradient for it (all_reduce); DDP then averages the parameter
+    gradients over ranks, which gives exactly the single-process gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        ctx.sizes, ctx.rank = sizes, dist.get_rank()
+        padded = local.new_zeros((max(sizes), *local.shape[1:]))
+        padded[: len(local)] = local
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None
+
+
+def gather(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    return local if len(sizes) == 1 else GatherWithGrad.apply(local, sizes)
+
+
+def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; one process without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, pick_device(device_name)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def rank_slice(batch_length: int, world: int, rank: int) -> tuple[slice, list[int]]:
+    """This rank's contiguous part of a global batch and every rank's part length."""
+    sizes = [len(part) for part in np.array_split(np.arange(batch_length), world)]
+    start = sum(sizes[:rank])
+    return slice(start, start + sizes[rank]), sizes
+
+
+# ---- the step ---------------------------------------------------------------------------------
+
+
+class StudentStep(nn.Module):
+    """The student's training forward on one (local) batch: the module DDP wraps.
+
+    Text vectors come from tokens, or precomputed (frozen backbone); video vectors and AFA weights from
+    frames, or from precomputed per-frame features (frozen backbone)."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, mask, tokens=None, text=None, frames=None, frame_features=None) -> dict[str, Any]:
+        student = self.student
+        text = student.encode_text(tokens) if text is None else text
+        frame_features = student.frame_features(frames) if frame_features is None else frame_features
+        video, frame_weights = student.video_and_frame_weights_from_features(frame_features, mask)
+        return {"text": text, "video": video, "frame_weights": frame_weights, "mask": mask,
+                "logit_scale": student.logit_scale()}
+
+
+def batch_losses(outputs: dict[str, Any], labels: SoftLabels, terms: dict[str, float],
+                 config: TrainStudentConfig, sizes: list[int]) -> dict[str, torch.Tensor]:
+    """Every loss term of the *global* batch from this rank's outputs, and their weighted sum."""
+    text, video = gather(outputs["text"].float(), sizes), gather(outputs["video"].float(), sizes)
+    cosines = text @ video.T
+    logits = outputs["logit_scale"] * cosines
+    losses = {"nce": info_nce(logits)}
+    if "coarse" in terms:
+        losses["coarse"] = coarse_teaching(logits, labels.similarities, config)
+    if "fine" in terms:
+        frame_weights = gather(outputs["frame_weights"].float(), sizes)
+        mask = gather(outputs["mask"].float(), sizes) > 0.5
+        losses["fine"] = weighted_mean(
+            [(w, fine_loss(config.fine_loss, frame_weights, relevance.to(frame_weights.device), mask,
+                           tau=config.fine_temperature, reduction=config.fine_reduction))
+             for w, relevance in labels.relevances])
+    if "relational" in terms:
+        losses["relational"] = weighted_mean([(w, relational_loss(logits, sim.to(logits.device)))
+                                              for w, sim in labels.similarities])
+    if "margin" in terms:
+        losses["margin"] = weighted_mean(
+            [(w, margin_loss(cosines, sim.to(logits.device), margin=config.margin,
+                             hard_negatives=config.margin_negatives)) for w, sim in labels.similarities])
+    losses["loss"] = sum(weight * losses[term] for term, weight in terms.items())
+    return losses
+
+
+def coarse_teaching(logits: torch.Tensor, similarities: list[tuple[float, torch.Tensor]],
+                    config: TrainStudentConfig) -> torch.Tensor:
+    options = {"teacher_temperature": config.teacher_temperature, "delta": config.huber_delta}
+    if config.coarse_loss == "huber":  # TeachText: one target, the teachers' weighted mean matrix
+        target = weighted_mean([(w, sim.to(logits.device)) for w, sim in similarities])
+        return coarse_loss("huber", logits, target, **options)
+    return weighted_mean([(w, coarse_loss(config.coarse_loss, logits, sim.to(logits.device), **options))
+                          for w, sim in similarities])
+
+
+def weighted_mean(items: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    return sum(weight * value for weight, value in items) / sum(weight for weight, _ in items)
+
+
+# ---- frozen backbone --------------------------------------------------------------------------
+
+
+@dataclass
+class FrozenInputs:
+    """Backbone outputs of the whole training set, computed once (the backbone never changes)."""
+
+    text: torch.Tensor  # [captions, d] unit-length, TrainingSet caption order
+    frame_features: torch.Tensor  # [videos, T, d], TrainingSet video order
+    mask: torch.Tensor  # [videos, T]
+
+
+@torch.no_grad()
+def precompute_frozen_inputs(student: Student, store, data: TrainingSet, device: torch.device,
+                             amp: bool, batch_videos: int = 32, batch_texts: int = 512) -> FrozenInputs:
+    text = []
+    for start in range(0, len(data.texts), batch_texts):
+        tokens = student.tokenize(data.texts[start : start + batch_texts]).to(device)
+        with autocast(device, amp):
+            text.append(student.encode_text(tokens).float().cpu())
+    chunks = [data.store_indices[start : start + batch_videos] for start in range(0, len(data.video_ids), batch_videos)]
+    features, masks = [], []
+    for frames, mask in frames_batches(store, chunks):
+        with autocast(device, amp):
+            features.append(student.frame_features(frames.to(device)).float().cpu())
+        masks.append(mask)
+    return FrozenInputs(torch.cat(text), torch.cat(features), torch.cat(masks))
+
+
+def masked_captions(mask_path: str | None, data: TrainingSet, verbose: bool) -> list[list[int]]:
+    """The sampler's captions per video: all of them, or those a ``teach audit-captions`` mask keeps
+    (a video whose every caption is masked keeps all of them, and is named)."""
+    if mask_path is None:
+        return data.captions_of_video
+    from teachclip.stages.audit_captions import load_caption_mask, mask_captions_of_video
+
+    sampled, fallback = mask_captions_of_video(data.captions_of_video, data.caption_ids, load_caption_mask(mask_path))
+    if verbose:
+        dropped = sum(map(len, data.captions_of_video)) - sum(map(len, sampled))
+        print(f"caption mask {mask_path}: {dropped} of {len(data.caption_ids)} training captions masked"
+              + (f"; {len(fallback)} video(s) with every caption masked keep theirs: "
+                 f"{', '.join(data.video_ids[v] for v in fallback[:10])}" if fallback else ""))
+    return sampled
+
+
+# ---- the stage --------------------------------------------------------------------------------
+
+
+def train_student(
+    frames: str | Path,
+    manifest_dir: str | Path,
+    teachers: list[str | Path],
+    out: str | Path,
+    config: TrainStudentConfig,
+    student_config: StudentConfig,
+    evaluate_config: EvaluateConfig,
+    compute: ComputeConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a student on the train split of ``manifest_dir`` and save it to ``out``; returns the last
+    epoch's metrics row (see the module docstring for the loss and the outputs)."""
+    rank, world, device = init_distributed(compute.device)
+    out = Path(out)
+    checkpoint = out / CHECKPOINT_DIR
+    manifest = load_manifest(manifest_dir)
+    store = open_frames_for(frames, manifest)
+    data = training_set(store, manifest, "train")
+    sampled_captions = masked_captions(config.caption_mask, data, rank == 0)
+    chosen = select_teachers(list(teachers), config.teachers, store.fingerprint, data)
+    terms = loss_weights(config, chosen)
+    if "fine" in terms and not student_config.afa:
+        raise TrainStudentError("fine teaching supervises AFA's frame weights: use --afa, or --weight-fine 0")
+    evaluate_on = evaluate_config.split if manifest.videos_in(evaluate_config.split) else None
+
+    seed_everything(config.seed)  # the initial weights of the new modules
+    student = Student(student_config).to(device)
+    amp = student_config.backbone.precision == "amp"
+    frozen = precompute_frozen_inputs(student, store, data, device, amp) if student_config.freeze_backbone else None
+    step_module: nn.Module = StudentStep(student)
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
+    tokens = student.tokenize(data.texts)  # every training caption, tokenized once
+
+    names = {id(p): name for name, p in student.named_parameters()}
+    groups = {group: [(names[id(p)], p) for p in params] for group, params in student.param_groups().items()}
+    optimizer = build_optimizer(groups, {"backbone": config.lr_backbone, "new": config.lr_new, "afa": config.lr_afa},
+                                config.weight_decay)
+
+    neighbours = None  # "neighbourhood": batches grown from a sparse teacher's top-k (teachclip/cache/sparse.py)
+    if config.sampler == "neighbourhood":
+        from teachclip.cache.sparse import neighbourhood_batches, training_neighbours
+
+        if not chosen:
+            raise TrainStudentError("sampler 'neighbourhood' needs a (sparse) teacher cache")
+        neighbours = training_neighbours(chosen[0].group, chosen[0].rows, chosen[0].cols)
+
+    def epoch_batches(epoch: int):
+        if neighbours is None:
+            batches = caption_per_video_batches(sampled_captions, config.batch_size, config.seed, epoch)
+        else:
+            batches = neighbourhood_batches(sampled_captions, neighbours, config.batch_size, config.seed, epoch)
+        return [b for b in batches if len(b.videos) >= world]  # every rank needs at least one video
+
+    scheduler = warmup_cosine(optimizer, len(epoch_batches(0)) * config.epochs, config.warmup_fraction)
+    scaler = grad_scaler(device, amp)
+    identity = {
+        "train": config.model_dump(mode="json", exclude=RESUME_FREE_FIELDS),
+        "student": student_config.model_dump(mode="json"),
+        "frames_fingerprint": store.fingerprint,
+        "teachers": [{"name": t.group.name, "fingerprint": t.group.fingerprint, "weight": t.weight} for t in chosen],
+    }
+    if rank == 0 and not resume and checkpoint.exists():
+        shutil.rmtree(checkpoint)  # a fresh run never mixes with an old state
+    log = MetricsLog(out)
+    start_epoch, step = 0, 0
+    if resume and has_training_state(checkpoint):
+        state = load_training_state(checkpoint, model=student, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+        check_same_run(state["extra"]["identity"], identity, checkpoint)
+        start_epoch, step = state["epoch"], state["step"]
+        log = MetricsLog(out, state["extra"]["history"])
+    elif resume and rank == 0:
+        print(f"note: no training state in {checkpoint}; starting from epoch 1")
+
+    with training_progress(progress and rank == 0) as bar:
+        for epoch in range(start_epoch, config.epochs):
+            student.train()
+            batches = epoch_batches(epoch)
+            parts = [rank_slice(len(b.videos), world, rank) for b in batches]
+            if frozen is None:  # each rank reads the frames of its own slice only
+                reader = frames_batches(store, [data.store_indices[b.videos[s]] for b, (s, _) in zip(batches, parts, strict=True)],
+                                        config.prefetch)
+            else:
+                reader = itertools.repeat((None, None), len(batches))
+            running = RunningLosses()
+            task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(batches), status="")
+            for batch, (local, sizes), (frames_local, mask_local) in zip(batches, parts, reader, strict=True):
+                captions, videos = batch.captions[local], batch.videos[local]
+                if frozen is None:
+                    inputs = {"tokens": tokens[captions].to(device), "frames": frames_local.to(device),
+                              "mask": mask_local.to(device)}
+                else:
+                    inputs = {"text": frozen.text[captions].to(device), "mask": frozen.mask[videos].to(device),
+                              "frame_features": frozen.frame_features[videos].to(device)}
+                labels = gather_soft_labels(chosen, batch.captions, batch.videos, terms)
+                # the step: forward on this rank's slice, loss of the global batch, one AdamW update
+                with autocast(device, amp):
+                    outputs = step_module(**inputs)
+                losses = batch_losses(outputs, labels, terms, config, sizes)
+                scaler.scale(losses["loss"]).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                running.update({term: value.detach() for term, value in losses.items()})
+                bar.update(task, advance=1, status=running.status())
+
+            row: dict[str, Any] = {"epoch": epoch + 1, "step": step, **running.means(),
+                                   "logit_scale": float(student.logit_scale().detach()),
+                                   **{f"lr_{g['name'].split('/')[0]}": g["lr"] for g in optimizer.param_groups}}
+            if rank == 0 and evaluate_on is not None and ((epoch + 1) % config.eval_every == 0
+                                                          or epoch + 1 == config.epochs):
+                metrics = evaluate_split(student, store, manifest, evaluate_config, device, config.prefetch).metrics
+                row |= {f"{evaluate_on}_{key}": metrics[key] for key in TEST_COLUMNS}
+                bar.update(task, status=f"{running.status()} | {evaluate_on} R@1 {metrics['t2v_R1']:.1f}")
+            if rank == 0:
+                log.append(row)
+                save_training_state(checkpoint, model=student, optimizer=optimizer, scheduler=scheduler,
+                                    scaler=scaler, epoch=epoch + 1, step=step,
+                                    extra={"identity": identity, "history": log.rows})
+            else:
+                log.rows.append(row)
+
+    last = log.rows[-1] if log.rows else {}
+    if rank == 0:
+        save_model(out, student, "student", student_config, extra={"train_student": {
+            "config": config.model_dump(mode="json"), "teachers": identity["teachers"],
+            "loss_weights": terms, "frames_fingerprint": store.fingerprint, "last_epoch": last}})
+    if world > 1:
+        dist.barrier()  # the model is on disk before any rank returns
+    return last
+
