@@ -429,6 +429,9 @@ def train_student_command(
         None, "--teachers", help="teachers.zarr (every group) or teachers.zarr/<name>; repeatable. None: the baseline."
     ),
     out: Path = typer.Option(..., "--out", help="Directory for the student, metrics and checkpoint."),
+    variant: str = typer.Option(
+        None, "--variant", help="A recipe from params.yaml `students:` (its overrides apply before any flag)."
+    ),
     epochs: int = typer.Option(None, "--epochs"),
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch: videos, one caption each."),
     seed: int = typer.Option(None, "--seed"),
@@ -459,12 +462,13 @@ def train_student_command(
 ) -> None:
     """Train a CLIP4Clip/AFA student from cached teacher soft labels (torchrun for several GPUs)."""
     from teachclip.cache.frames import FramesStoreError
-    from teachclip.pipeline.config import override
+    from teachclip.pipeline.config import override, with_variant
     from teachclip.pipeline.manifest import ManifestError
     from teachclip.stages.train_student import train_student
 
     params = load()
     try:
+        params = with_variant(params, variant)
         config = override(
             params.train_student, epochs=epochs, batch_size=batch_size, seed=seed, weight_nce=weight_nce,
             weight_coarse=weight_coarse, weight_fine=weight_fine, coarse_loss=coarse_loss, fine_loss=fine_loss,
