@@ -91,8 +91,10 @@ class Backbone(nn.Module):
             )
         if local:
             state = load_state_dict_safely(pretrained)
-            if "positional_embedding" not in state and any(k.startswith("clip.") for k in state):
-                state = {k.removeprefix("clip."): v for k, v in state.items() if k.startswith("clip.")}
+            # a teachclip student/teacher file holds the towers under "backbone.clip." (or "clip.")
+            for prefix in ("backbone.clip.", "clip."):
+                if "positional_embedding" not in state and any(k.startswith(prefix) for k in state):
+                    state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
             self.clip.load_state_dict(state)
         # stored visual/text towers in fp32; autocast handles fp16/bf16 on CUDA
         self.clip.float()
