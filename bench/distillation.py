@@ -45,6 +45,7 @@ VARIANTS = {
     "margin-only": {"weight_coarse": 0.0, "weight_fine": 0.0, "weight_margin": 1.0},
     "pearson+mask": {"caption_mask": "audit/caption_mask.json"},
     "pearson-sparse": {"_teachers_path": "sparse.zarr", "sampler": "neighbourhood"},
+    "pearson-sparse-random-batches": {"_teachers_path": "sparse.zarr"},
 }
 
 

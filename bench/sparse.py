@@ -7,7 +7,7 @@ Two sources, both printed as one JSON document:
 
 - ``dense`` / ``sparse``: the arrays' uncompressed sizes for ``--captions x --videos``: the dense
   ``similarity`` is float16 [captions, videos]; the sparse group stores per caption K int32 columns,
-  K float16 scores and one float16 own score. The readers hold exactly these arrays in RAM (the dense
+  K float16 scores, a float16 own score and a float16 rest mean (the fill). The readers hold exactly these arrays in RAM (the dense
   one when it fits ``IN_MEMORY_LIMIT_BYTES``, else it decodes the chunks of each batch from disk).
   ``frame_relevance`` (float32 [captions, T]) is the same in both and left out.
 - ``measured``: a real dense cache of ``--measure-captions x --measure-videos`` random teacher-like
@@ -57,7 +57,7 @@ def measure(workdir: Path, captions: int, videos: int, top_k: int) -> dict:
         "captions": captions, "videos": videos,
         "dense_similarity_disk_bytes": tree_bytes(store / "t" / cache.SIMILARITY),
         "sparse_disk_bytes": sum(tree_bytes(workdir / "sparse.zarr" / "t" / name)
-                                 for name in ("neighbour_videos", "neighbour_scores", "own_score")),
+                                 for name in ("neighbour_videos", "neighbour_scores", "own_score", "rest_mean")),
         "sparsify_seconds": round(seconds, 3),
     }
 

@@ -64,13 +64,13 @@ def read_rows(out):
 
 
 def test_xpool_loss_decreases_and_outputs_are_written(dataset, tmp_path):
-    last = run(dataset, tmp_path / "xpool", epochs=3)
+    last = run(dataset, tmp_path / "xpool", epochs=5)
     rows = read_rows(tmp_path / "xpool")
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
     losses = [float(r["loss"]) for r in rows]
-    assert losses[-1] < losses[0] - 0.1, losses
+    assert losses[-1] < losses[0] - 0.2 and min(losses[-2:]) < min(losses[:2]), losses
     assert all(0 <= float(r["test_t2v_R1"]) <= 100 for r in rows)
-    assert last["epoch"] == 3 and "test_t2v_R1" in last and "test_v2t_R10" in last
+    assert last["epoch"] == 5 and "test_t2v_R1" in last and "test_v2t_R10" in last
     assert json.loads((tmp_path / "xpool" / "metrics.json").read_text()) == pytest.approx(last)
     # every checkpoint file is safetensors or JSON
     names = {p.name for p in (tmp_path / "xpool").rglob("*") if p.is_file()}

@@ -7,18 +7,20 @@ the score of the matched pair (the caption's own video, whether or not it is in 
       neighbour_videos  int32 [texts, K]    columns (into video_ids) of the top-k videos, best first
       neighbour_scores  float16 [texts, K]  their raw teacher scores
       own_score         float16 [texts]     score of each caption against its own video
+      rest_mean         float16 [texts]     mean score of the row's videos outside the top k
       frame_relevance   float32 [texts, T]  copied from the dense group (when the teacher has it)
       text_ids, video_ids, text_video       as in the dense group
 
 :class:`SparseTeacherCacheGroup` has the dense reader's API (``open_teacher_caches`` returns one for
 a sparse group). ``similarity_block(rows, cols)`` returns the stored score where it is known and,
-elsewhere, the **row's k-th best stored score** (``neighbour_scores[row, K-1]``): every unknown entry is
-at most that value, so it is the tightest bound the cache holds and never ranks an unknown video above
-a known neighbour. ``known_mask(rows, cols)`` says which entries are exact. Training therefore builds
-batches from the neighbourhoods (:func:`neighbourhood_batches`), so most in-batch soft labels are
-known.
+elsewhere, **the mean of the row's scores outside its top k** (``rest_mean``): the expected score of an
+unknown video. (The k-th best score, an upper bound of every unknown entry, was tried first: whenever
+the caption's own video is outside its top k, it ranks every unknown negative above the positive and
+teaches the student to retrieve worse than no teacher at all; see reports/distillation.md.)
+``known_mask(rows, cols)`` says which entries are exact. Training builds batches from the
+neighbourhoods (:func:`neighbourhood_batches`), so more in-batch soft labels are known.
 
-Disk and memory per caption: ``K * (4 + 2) + 2`` bytes instead of ``2 * videos`` (``bench/sparse.py``).
+Disk and memory per caption: ``K * (4 + 2) + 4`` bytes instead of ``2 * videos`` (``bench/sparse.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from teachclip.pipeline.training import Batch
 NEIGHBOUR_VIDEOS = "neighbour_videos"
 NEIGHBOUR_SCORES = "neighbour_scores"
 OWN_SCORE = "own_score"
-FILL_RULE = "row_kth_score"  # unknown entries read as the row's k-th best stored score
+REST_MEAN = "rest_mean"
+FILL_RULE = "rest_mean"  # unknown entries read as the mean of the row's scores outside the top k
 
 
 def sparse_fingerprint(dense_fingerprint: str, top_k: int) -> str:
@@ -84,6 +87,7 @@ def sparsify(group_path: str | Path, out: str | Path, top_k: int, name: str | No
     scores = create_array(group, NEIGHBOUR_SCORES, shape=(n_texts, top_k), chunks=(chunk, top_k), dtype="float16",
                           fill_value=float("nan"))
     own = create_array(group, OWN_SCORE, shape=(n_texts,), chunks=(chunk,), dtype="float16", fill_value=float("nan"))
+    rest = create_array(group, REST_MEAN, shape=(n_texts,), chunks=(chunk,), dtype="float16", fill_value=float("nan"))
     relevance = None
     if source.has_frame_relevance:
         relevance = create_array(group, dense.RELEVANCE, shape=(n_texts, source.frames_per_video),
@@ -96,6 +100,11 @@ def sparsify(group_path: str | Path, out: str | Path, top_k: int, name: str | No
         neighbours[rows[0] : rows[-1] + 1] = columns
         scores[rows[0] : rows[-1] + 1] = values.astype(np.float16)
         own[rows[0] : rows[-1] + 1] = block[np.arange(len(rows)), source.text_video[rows]].astype(np.float16)
+        finite = np.where(np.isnan(block), 0.0, block.astype(np.float64))
+        rest_count = max(n_videos - top_k, 1)
+        rest_sum = finite.sum(axis=1) - np.where(np.isfinite(values), values, 0.0).sum(axis=1)
+        # every video in the top k: no "rest"; the k-th score is then the natural floor
+        rest[rows[0] : rows[-1] + 1] = np.where(n_videos > top_k, rest_sum / rest_count, values[:, -1]).astype(np.float16)
         if relevance is not None:
             relevance[rows[0] : rows[-1] + 1] = source.frame_relevance(rows)
     write_strings(group, dense.TEXT_IDS, source.text_ids)
@@ -143,6 +152,7 @@ class SparseTeacherCacheGroup(dense.TeacherCacheGroup):
             self._neighbours = self._read_checked(group[NEIGHBOUR_VIDEOS], ...)
             self._scores = self._read_checked(group[NEIGHBOUR_SCORES], ...)
             self._own = self._read_checked(group[OWN_SCORE], ...)
+            self._rest = self._read_checked(group[REST_MEAN], ...)
             self._relevance = self._read_checked(group[dense.RELEVANCE], ...) if self.has_frame_relevance else None
         except (KeyError, OSError) as exc:
             raise dense.TeacherCacheError(f"{self.path}: cannot read the sparse group's arrays ({exc})") from exc
@@ -168,7 +178,7 @@ class SparseTeacherCacheGroup(dense.TeacherCacheGroup):
 
     def similarity_block(self, text_rows: Sequence[int] | np.ndarray,
                          video_cols: Sequence[int] | np.ndarray) -> np.ndarray:
-        """float32 [n, m]: stored scores where known, the row's k-th best stored score elsewhere."""
+        """float32 [n, m]: stored scores where known, the mean of the row's scores outside its top k elsewhere."""
         return self._lookup_block(text_rows, video_cols)[0]
 
     def _lookup_block(self, text_rows, video_cols) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +187,8 @@ class SparseTeacherCacheGroup(dense.TeacherCacheGroup):
         neighbours, scores = self._neighbours[rows], self._scores[rows].astype(np.float32)
         match = neighbours[:, None, :] == cols[None, :, None]  # [n, m, K]
         found = match.any(axis=2)
-        values = np.where(found, np.take_along_axis(scores, match.argmax(axis=2), axis=1), scores[:, -1:])
+        values = np.where(found, np.take_along_axis(scores, match.argmax(axis=2), axis=1),
+                          self._rest[rows].astype(np.float32)[:, None])
         is_own = cols[None, :] == self.text_video[rows][:, None]
         values = np.where(is_own, self._own[rows][:, None], values)
         return values.astype(np.float32), found | is_own
@@ -266,4 +277,4 @@ def dense_bytes(captions: int, videos: int) -> int:
 
 
 def sparse_bytes(captions: int, top_k: int) -> int:
-    return captions * (top_k * (4 + 2) + 2)  # int32 column + float16 score per neighbour, float16 own score
+    return captions * (top_k * (4 + 2) + 4)  # int32 column + float16 score per neighbour; own score, rest mean
