@@ -343,9 +343,13 @@ def build_teacher(request: TeacherRequest) -> Any:
 
     from teachclip.models.teachers import build_teacher as build
 
+    config = request.config
+    if request.checkpoint is not None and config.checkpoint != request.checkpoint:
+        # the cache records the request's checkpoint hash, so the weights must come from it too
+        config = config.model_copy(update={"checkpoint": str(request.checkpoint)})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BUILD_SEED)
-        return build(request.config)
+        return build(config)
 
 
 def encode_video_unit(unit: VideoUnit, runtime: Any) -> int:
