@@ -52,6 +52,9 @@ class VideoDecodeError(Exception):
 # ---- timeline and sampling rule ---------------------------------------------------------------
 
 
+Clip = tuple[float | None, float | None] | None
+
+
 @dataclass(frozen=True)
 class Timeline:
     """Presentation timestamps of one video stream, in units of ``time_base``."""
@@ -64,14 +67,27 @@ class Timeline:
     has_timestamps: bool  # False: raw stream without timestamps; pts are frame numbers
 
 
-def sample_positions(timeline: Timeline, frames_per_video: int, sample_fps: float) -> list[int]:
+def sample_positions(
+    timeline: Timeline, frames_per_video: int, sample_fps: float, clip: Clip = None
+) -> list[int]:
     """Indices into ``timeline.pts`` of the sampled frames (at most ``frames_per_video``, in time
-    order, possibly repeated when the video has fewer frames than candidate times)."""
+    order, possibly repeated when the video has fewer frames than candidate times).
+
+    ``clip``: (start, end) in seconds from the first frame (either may be None) restricts the
+    candidates to that window, as DiDeMo's 0-31 s clips need."""
     if frames_per_video < 1 or sample_fps <= 0:
         raise ValueError("frames_per_video must be >= 1 and sample_fps > 0")
     step = 1 / (Fraction(str(sample_fps)) * timeline.time_base)  # candidate spacing in pts units
-    start = timeline.pts[0]
-    candidates = max(1, math.ceil((timeline.end - start) / step))
+    start, end = timeline.pts[0], timeline.end
+    if clip is not None:
+        clip_start, clip_end = clip
+        if clip_start is not None:
+            start = timeline.pts[0] + math.ceil(Fraction(str(clip_start)) / timeline.time_base)
+        if clip_end is not None:
+            end = min(end, timeline.pts[0] + math.floor(Fraction(str(clip_end)) / timeline.time_base))
+        if start >= end:
+            raise ValueError(f"clip {clip_start}-{clip_end} s lies outside the video")
+    candidates = max(1, math.ceil((end - start) / step))
     picks = _uniform_picks(candidates, frames_per_video)
     return [bisect.bisect_right(timeline.pts, math.floor(start + k * step)) - 1 for k in picks]
 
@@ -522,9 +538,12 @@ class SamplePlan:
         return [float(self.timeline.pts[i] * self.timeline.time_base) for i in self.positions]
 
 
-def plan_samples(path: str | Path, frames_per_video: int, sample_fps: float) -> SamplePlan:
+def plan_samples(path: str | Path, frames_per_video: int, sample_fps: float, clip: Clip = None) -> SamplePlan:
     timeline = read_timeline(path)
-    return SamplePlan(timeline, sample_positions(timeline, frames_per_video, sample_fps))
+    try:
+        return SamplePlan(timeline, sample_positions(timeline, frames_per_video, sample_fps, clip))
+    except ValueError as exc:
+        raise VideoDecodeError(Path(path), str(exc)) from exc
 
 
 def sample_frames(
@@ -537,17 +556,19 @@ def sample_frames(
     *,
     full_decode: bool = False,
     threads: int = 1,
+    clip: Clip = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames uint8 [T, size, size, 3] (zero padded) and mask bool [T] of one video.
 
     Raises :class:`VideoDecodeError` with a readable reason for anything that cannot be sampled.
     ``full_decode=True`` (pyav) decodes every frame from the start, without seeking or skipping:
-    the reference the fast path is tested against. ``threads``: decoder threads.
+    the reference the fast path is tested against. ``threads``: decoder threads. ``clip``: sample
+    only inside (start, end) seconds (see :func:`sample_positions`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown decoder backend {backend!r} (expected one of {', '.join(BACKENDS)})")
     path = Path(path)
-    plan = plan_samples(path, frames_per_video, sample_fps)
+    plan = plan_samples(path, frames_per_video, sample_fps, clip)
     wanted = sorted(set(plan.positions))
     try:
         with _LibavErrors():

@@ -90,6 +90,7 @@ class ShardJob:
     video_ids: tuple[str, ...]
     paths: tuple[str, ...]  # absolute, for decoding
     shown_paths: tuple[str, ...]  # as recorded in failures (relative to the manifest when inside it)
+    clips: tuple[tuple[float | None, float | None] | None, ...] = ()  # manifest start,end per video
 
 
 @dataclass
@@ -221,6 +222,9 @@ def _shard_jobs(manifest: Manifest, videos_per_shard: int) -> list[ShardJob]:
                 video_ids=tuple(v.video_id for v in block),
                 paths=tuple(str(v.path) for v in block),
                 shown_paths=tuple(_shown_path(v.path, manifest.root) for v in block),
+                clips=tuple(
+                    None if v.start is None and v.end is None else (v.start, v.end) for v in block
+                ),
             )
         )
     return jobs
@@ -359,6 +363,7 @@ def decode_shard(job: ShardJob, *, partial: str, config: DecodeConfig) -> ShardR
                 config.backend,
                 config.ffmpeg_binary,
                 threads=config.decoder_threads,
+                clip=job.clips[i] if job.clips else None,
             )
         except VideoDecodeError as exc:
             result.failures.append({"video_id": video_id, "path": shown, "reason": exc.reason})
