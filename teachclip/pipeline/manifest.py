@@ -106,7 +106,12 @@ def _file_identity(path: Path, mode: str) -> list:
     raise ValueError(f"unknown fingerprint mode {mode!r} (expected 'content' or 'stat')")
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+def read_csv_table(
+    path: Path, columns: tuple[str, ...], strip_header: bool = False
+) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) pairs of a UTF-8 CSV (a byte-order mark is fine) that must have
+    ``columns``; errors name the file. ``strip_header``: tolerate spaces around column names, as
+    some official annotation files have."""
     if not path.is_file():
         raise ManifestError(f"{path}: file not found")
     try:
@@ -114,6 +119,8 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str,
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
+            if strip_header:
+                header = reader.fieldnames = [name.strip() for name in header]
             missing = [c for c in columns if c not in header]
             if missing:
                 raise ManifestError(
@@ -151,7 +158,7 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Mani
 
     videos: list[Video] = []
     seen_videos: dict[str, int] = {}
-    for line, row in _read_csv(videos_csv, VIDEO_COLUMNS):
+    for line, row in read_csv_table(videos_csv, VIDEO_COLUMNS):
         video_id = (row["video_id"] or "").strip()
         path = (row["path"] or "").strip()
         split = (row["split"] or "").strip()
@@ -179,7 +186,7 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Mani
 
     captions: list[Caption] = []
     seen_captions: dict[str, int] = {}
-    for line, row in _read_csv(captions_csv, CAPTION_COLUMNS):
+    for line, row in read_csv_table(captions_csv, CAPTION_COLUMNS):
         caption_id = (row["caption_id"] or "").strip()
         video_id = (row["video_id"] or "").strip()
         text = (row["text"] or "").strip()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from teachclip.pipeline.manifest import ManifestError, load_manifest, write_manifest
+from teachclip.pipeline.manifest import ManifestError, load_manifest, read_csv_table, write_manifest
 
 DATASETS = ("msrvtt", "msvd", "vatex", "activitynet", "didemo")
 # Earlier extensions win when one video exists in several containers.
@@ -141,24 +141,6 @@ def _string_list(value: Any, path: Path, what: str) -> list[str]:
     for item in value:
         _expect(item, str, path, f"every item of {what}")
     return value
-
-
-def _read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [name.strip() for name in reader.fieldnames or []]
-            reader.fieldnames = header
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise ManifestError(
-                    f"{path}: missing column(s) {', '.join(missing)} (header is {','.join(header) or 'empty'})"
-                )
-            return [(reader.line_num, row) for row in reader]
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: not UTF-8 text ({exc})") from exc
-    except csv.Error as exc:
-        raise ManifestError(f"{path}: malformed CSV: {exc}") from exc
 
 
 def _read_id_list(path: Path) -> list[tuple[int, str]]:
@@ -282,7 +264,7 @@ def _msrvtt_split_by_number(video_id: str, path: Path, index: int) -> str:
 
 def _msrvtt_train_csv(path: Path, known: set[str]) -> list[str]:
     first_line: dict[str, int] = {}
-    for line, row in _read_csv_rows(path, ("video_id",)):
+    for line, row in read_csv_table(path, ("video_id",), strip_header=True):
         video_id = (row["video_id"] or "").strip()
         if not video_id:
             raise ManifestError(f"{path}:{line}: empty video_id")
@@ -302,7 +284,7 @@ def _msrvtt_train_csv(path: Path, known: set[str]) -> list[str]:
 def _msrvtt_jsfusion_test(root: Path, known: set[str], rows: DatasetRows) -> None:
     """1k-A: the JSFusion CSV's sentence is the query, one per test video (not the 20 JSON captions)."""
     path = _annotation(root, "MSRVTT_JSFUSION_test.csv")
-    table = _read_csv_rows(path, ("key", "vid_key", "video_id", "sentence"))
+    table = read_csv_table(path, ("key", "vid_key", "video_id", "sentence"), strip_header=True)
     if not table:
         raise ManifestError(f"{path}: lists no test pairs")
     for line, row in table:

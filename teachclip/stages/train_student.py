@@ -82,11 +82,8 @@ from teachclip.pipeline.training import (
     warmup_cosine,
 )
 from teachclip.stages.evaluate import evaluate_split, open_frames_for
-from teachclip.stages.train_teacher import check_same_run
+from teachclip.stages.train_teacher import CHECKPOINT_DIR, RESUME_FREE_FIELDS, check_same_run
 
-CHECKPOINT_DIR = "checkpoint"
-# fields that do not change the trained weights: a resume may change them
-RESUME_FREE_FIELDS = {"prefetch", "eval_every"}
 TEST_COLUMNS = ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "v2t_R1", "v2t_R5", "v2t_R10")
 
 
