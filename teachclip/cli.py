@@ -71,6 +71,9 @@ def demo_data(
     width: int = typer.Option(None, "--width"),
     height: int = typer.Option(None, "--height"),
     workers: int = typer.Option(None, "--workers", help="Processes (default: compute.workers)."),
+    pretraining: bool = typer.Option(
+        False, "--pretraining", help="Generate the pretrain-backbone videos (params pretrain_backbone.data)."
+    ),
 ) -> None:
     """Generate the built-in demo benchmark: H.264 videos of moving shapes plus a manifest."""
     from teachclip.pipeline.config import override
@@ -79,7 +82,7 @@ def demo_data(
     params = load()
     try:
         config = override(
-            params.demo,
+            params.pretrain_backbone.data if pretraining else params.demo,
             videos=videos,
             seed=seed,
             test_fraction=test_fraction,
@@ -189,6 +192,56 @@ def decode_command(
     except (ConfigError, ManifestError, FramesStoreError) as exc:
         fail(str(exc))
     typer.echo(result.summary())
+
+
+@app.command("encode-frames")
+def encode_frames_command(
+    frames: Path = typer.Option(..., "--frames", help="Frames store (from `teach decode`)."),
+    out: Path = typer.Option(..., "--out", help="Frame-features store to write, e.g. features.zarr."),
+    backbone: str = typer.Option(None, "--backbone", help="open_clip model name (default: student.backbone)."),
+    pretrained: str = typer.Option(None, "--pretrained", help="open_clip tag or local checkpoint path."),
+    device: str = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ... (default: compute.device)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute even if OUT (or OUT.partial) exists."),
+) -> None:
+    """Run a frozen image tower once over every frame; stages given the result skip the tower."""
+    from teachclip.cache.frames import FramesStoreError
+    from teachclip.pipeline.config import override
+    from teachclip.stages.encode_frames import encode_frames
+
+    params = load()
+    try:
+        backbone_config = override(params.student.backbone, name=backbone, pretrained=pretrained)
+        result = encode_frames(frames, out, backbone_config, override(params.compute, device=device),
+                               overwrite=overwrite)
+    except (ConfigError, FramesStoreError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"{result}: frame features of {backbone_config.name} (pretrained={backbone_config.pretrained})")
+
+
+@app.command("pretrain-backbone")
+def pretrain_backbone_command(
+    manifest: Path = typer.Option(..., "--manifest", help="A demo-data directory (its demo.json labels the frames)."),
+    frames: Path = typer.Option(..., "--frames", help="frames.zarr decoded from --manifest."),
+    out: Path = typer.Option(..., "--out", help="Directory for clip.safetensors, config.json, metrics."),
+    epochs: int = typer.Option(None, "--epochs"),
+    backbone: str = typer.Option(None, "--backbone", help="open_clip model name (pretrain_backbone.backbone)."),
+    device: str = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ... (default: compute.device)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch in OUT/checkpoint."),
+) -> None:
+    """Demo only: pretrain a tiny CLIP on labelled single frames of separate demo videos (OpenAI CLIP's stand-in)."""
+    from teachclip.cache.frames import FramesStoreError
+    from teachclip.pipeline.config import override
+    from teachclip.pipeline.manifest import ManifestError
+    from teachclip.stages.pretrain_backbone import pretrain_backbone
+
+    params = load()
+    try:
+        config = override(params.pretrain_backbone, epochs=epochs)
+        config = config.model_copy(update={"backbone": override(config.backbone, name=backbone)})
+        row = pretrain_backbone(manifest, frames, out, config, override(params.compute, device=device), resume=resume)
+    except (ConfigError, ManifestError, FramesStoreError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"{out}: pretrained {config.backbone.name}; held-out text->frame R@1 {row.get('heldout_R1', 0):.1f}")
 
 
 # ---- teachers: train-teacher, extract-teachers ------------------------------------------------
@@ -507,10 +560,13 @@ def export_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    model: Path = typer.Option(..., "--model", help="A saved student or teacher directory (config.json + model.safetensors)."),
+    model: list[Path] = typer.Option(
+        ..., "--model", help="A saved student or teacher directory (config.json + model.safetensors); repeatable."),
     frames: Path = typer.Option(..., "--frames", help="frames.zarr decoded from --manifest."),
     manifest: Path = typer.Option(..., "--manifest", help="Manifest directory."),
-    out: Path = typer.Option(..., "--out", help="Metrics JSON to write (dvc metrics show reads it)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Metrics JSON to write (dvc metrics show reads it); with several --model, a "
+        "directory receiving <model directory name>.json for each."),
     split: str = typer.Option(None, "--split", help="train, val or test (default: evaluate.split)."),
     dump_similarity: Path = typer.Option(
         None, "--dump-similarity", help="Also save the similarity matrix, text/video ids and ground truth (.npz)."
@@ -525,13 +581,21 @@ def evaluate_command(
     from teachclip.stages.evaluate import evaluate
 
     params = load()
+    if len(model) > 1 and dump_similarity is not None:
+        fail("--dump-similarity takes one --model")
+    names = [path.resolve().name for path in model]
+    if len(set(names)) < len(names):
+        fail(f"several --model directories share a name ({', '.join(names)}): their metrics files would collide")
     try:
         config = override(params.evaluate, split=split)
         compute = override(params.compute, device=device)
-        metrics = evaluate(model, frames, manifest, out, config, compute, dump_similarity=dump_similarity)
+        for path in model:  # one process for all of them: no interpreter and torch start-up per model
+            target = out if len(model) == 1 else out / f"{path.resolve().name}.json"
+            metrics = evaluate(path, frames, manifest, target, config, compute, dump_similarity=dump_similarity)
+            if len(model) == 1:
+                typer.echo(" ".join(f"{key}={value:g}" for key, value in metrics.items()))
     except (ConfigError, ManifestError, FramesStoreError, CheckpointError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    typer.echo(" ".join(f"{key}={value:g}" for key, value in metrics.items()))
 
 
 

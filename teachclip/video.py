@@ -88,11 +88,11 @@ def sample_positions(
         if start >= end:
             raise ValueError(f"clip {clip_start}-{clip_end} s lies outside the video")
     candidates = max(1, math.ceil((end - start) / step))
-    picks = _uniform_picks(candidates, frames_per_video)
+    picks = uniform_picks(candidates, frames_per_video)
     return [bisect.bisect_right(timeline.pts, math.floor(start + k * step)) - 1 for k in picks]
 
 
-def _uniform_picks(n: int, t: int) -> list[int]:
+def uniform_picks(n: int, t: int) -> list[int]:
     """``round_half_up(linspace(0, n - 1, t))`` in integers; all of ``range(n)`` when n <= t."""
     if n <= t:
         return list(range(n))

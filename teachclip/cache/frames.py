@@ -22,8 +22,10 @@ import zarr
 from teachclip.cache.zarr_io import PROGRESS_DIR, read_strings
 
 STORE_KIND = "teachclip-frames"
+FEATURES_KIND = "teachclip-frame-features"  # FrameFeaturesStore: per-frame embeddings of a frozen tower
 FORMAT_VERSION = 1
 FRAMES, MASK, VIDEO_IDS = "frames", "frame_mask", "video_ids"
+FEATURES = "features"
 
 
 class FramesStoreError(ValueError):
@@ -43,7 +45,7 @@ def read_attributes(path: str | Path) -> dict:
         attributes = dict(zarr.open_group(str(path), mode="r", zarr_format=3).attrs)
     except Exception as exc:  # zarr raises several types for "not a group"
         raise FramesStoreError(f"{path}: not a Zarr v3 frames store ({type(exc).__name__}: {exc})") from exc
-    if attributes.get("kind") != STORE_KIND:
+    if attributes.get("kind") not in (STORE_KIND, FEATURES_KIND):
         raise FramesStoreError(f"{path}: not a frames store (attribute kind={attributes.get('kind')!r})")
     if attributes.get("format_version") != FORMAT_VERSION:
         raise FramesStoreError(
@@ -53,7 +55,14 @@ def read_attributes(path: str | Path) -> dict:
 
 
 class FramesStore:
-    """Read access to a finished frames store; ``read`` serves random batches."""
+    """Read access to a finished frames store; ``read`` serves random batches.
+
+    :meth:`open` returns a :class:`FrameFeaturesStore` for a frame-features store: the same API,
+    serving per-frame embeddings [n, T, d] instead of pixels.
+    """
+
+    holds_features = False
+    data_array = FRAMES
 
     def __init__(self, path: Path, group: zarr.Group, attributes: dict) -> None:
         self.path = path
@@ -63,7 +72,8 @@ class FramesStore:
         self.failures: list[dict] = list(attributes["failures"])
         self.frames_per_video: int = int(self.sampling["frames_per_video"])
         self.size: int = int(self.sampling["size"])
-        self._frames = group[FRAMES]
+        self._frames = group[self.data_array]
+        self.item_shape: tuple[int, ...] = tuple(self._frames.shape[2:])  # (H, W, 3) or (d,)
         self.video_ids: list[str] = read_strings(group[VIDEO_IDS])
         self._positions = {video_id: i for i, video_id in enumerate(self.video_ids)}
         self._mask = np.asarray(group[MASK][...], dtype=bool)  # small: kept in memory
@@ -80,11 +90,22 @@ class FramesStore:
         attributes = read_attributes(path)
         if not attributes.get("complete"):
             raise FramesStoreError(f"{path}: frames store is not complete; rerun `teach decode` to finish it")
+        store_class = FrameFeaturesStore if attributes["kind"] == FEATURES_KIND else FramesStore
+        if cls is not FramesStore and store_class is not cls:
+            raise FramesStoreError(f"{path}: a {attributes['kind']} store, not a {cls.__name__}")
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
-        missing = [name for name in (FRAMES, MASK, VIDEO_IDS) if name not in group]
+        missing = [name for name in (store_class.data_array, MASK, VIDEO_IDS) if name not in group]
         if missing:
             raise FramesStoreError(f"{path}: frames store lacks array(s) {', '.join(missing)}")
-        return cls(path, group, attributes)
+        return store_class(path, group, attributes)
+
+    def check_model(self, model) -> None:
+        """Refuse a model that cannot use this store's data (pixels suit every model)."""
+
+    @property
+    def frame_mask(self) -> np.ndarray:
+        """bool [videos, T]: False for padding and failed videos (a copy)."""
+        return self._mask.copy()
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -119,11 +140,51 @@ class FramesStore:
             raise IndexError(f"{self.path}: video index out of range 0..{len(self) - 1}")
         positions = positions % max(len(self), 1)
         unique, inverse = np.unique(positions, return_inverse=True)
-        frames = np.empty((len(unique), self.frames_per_video, self.size, self.size, 3), dtype=np.uint8)
+        frames = np.empty((len(unique), self.frames_per_video, *self.item_shape), dtype=self._frames.dtype)
         for start, stop in _runs(unique):
             first = int(unique[start])
             frames[start:stop] = self._frames[first : first + stop - start]
         return frames[inverse], self._mask[positions]
+
+
+class FrameFeaturesStore(FramesStore):
+    """Per-frame image embeddings of a frozen image tower (written by ``teach encode-frames``).
+
+    ``features`` float16 [videos, T, d] (0 for padding and failed videos), plus the frames store's
+    ``frame_mask``, ``video_ids`` and attributes (``fingerprint`` is the *frames* fingerprint: with the
+    tower fixed, features are a function of the frames, so teacher caches and evaluations computed
+    from either agree), and ``backbone``: the tower's name, pretrained source and
+    ``visual_fingerprint`` (Backbone.visual_fingerprint), which :meth:`check_model` requires.
+    """
+
+    holds_features = True
+    data_array = FEATURES
+
+    def __init__(self, path: Path, group: zarr.Group, attributes: dict) -> None:
+        super().__init__(path, group, attributes)
+        self.backbone: dict = dict(attributes["backbone"])
+        self.features_fingerprint: str = attributes["features_fingerprint"]
+
+    def __repr__(self) -> str:
+        return (f"FrameFeaturesStore({str(self.path)!r}, videos={len(self)}, T={self.frames_per_video}, "
+                f"dim={self.item_shape[0]}, backbone={self.backbone['name']})")
+
+    def check_model(self, model) -> None:
+        """The model's image tower must be frozen and be the one that computed these features."""
+        backbone = getattr(model, "backbone", None)
+        if backbone is None or not hasattr(backbone, "visual_fingerprint"):
+            raise FramesStoreError(f"{self.path}: holds frame features; a {type(model).__name__} has no "
+                                   f"open_clip image tower to match them against, give it a frames store")
+        if not backbone.visual_frozen:
+            raise FramesStoreError(
+                f"{self.path}: holds features of a frozen image tower, but this model's tower trains; "
+                f"set backbone.freeze_visual: true or give the frames store instead")
+        ours = backbone.visual_fingerprint()
+        if ours != self.backbone["visual_fingerprint"]:
+            raise FramesStoreError(
+                f"{self.path}: features were computed by image tower {self.backbone['visual_fingerprint'][:16]} "
+                f"({self.backbone['name']}, pretrained={self.backbone.get('pretrained')}), but this model's tower "
+                f"is {ours[:16]}; rerun `teach encode-frames` with this model's backbone")
 
 
 def _runs(sorted_unique: np.ndarray) -> list[tuple[int, int]]:

@@ -10,6 +10,7 @@ read with ``safetensors`` or ``torch.load(weights_only=True)``, never unpickled.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from pathlib import Path
 
@@ -80,6 +81,11 @@ class Backbone(nn.Module):
         self.config = config
         pretrained = config.pretrained
         local = pretrained is not None and Path(pretrained).exists()
+        if pretrained is not None and not local and not pretrained.startswith("hf-hub:") and (
+                "/" in pretrained or Path(pretrained).suffix):
+            # a tag never holds a slash or an extension: this is a missing file, not an unknown tag
+            raise FileNotFoundError(f"{pretrained}: backbone checkpoint not found (backbone.pretrained of "
+                                    f"{config.name}); for the demo, `dvc repro pretrain-backbone` writes it")
         with _quiet_random_init():
             self.clip = open_clip.create_model(
                 config.name,
@@ -108,6 +114,30 @@ class Backbone(nn.Module):
         ) else int(self.clip.text_projection.out_features)
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(3, 1, 1), persistent=False)
+        if config.freeze_visual:
+            self.clip.visual.requires_grad_(False)
+            self.clip.visual.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if self.config.freeze_visual:
+            self.clip.visual.eval()  # a frozen tower gives the features a frame-features store holds
+        return self
+
+    @property
+    def visual_frozen(self) -> bool:
+        """True when no parameter of the image tower trains (freeze_visual, or a wholly frozen model)."""
+        return not any(p.requires_grad for p in self.clip.visual.parameters())
+
+    def visual_fingerprint(self) -> str:
+        """sha256 of the image tower's weights (names, shapes, dtypes, bytes): what a frame-features
+        store records, so that features are only used by a model whose tower computed them."""
+        digest = hashlib.sha256(self.config.name.encode())
+        for name, tensor in sorted(self.clip.visual.state_dict().items()):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()
 
     @property
     def device(self) -> torch.device:
@@ -143,7 +173,13 @@ class Backbone(nn.Module):
         return sentence, x, word_mask
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.encode_text_tokens(tokens)[0]
+        """Sentence features [N, d]. The padding after the longest caption is cut off first: CLIP's
+        text attention is causal, so the end-of-text feature never sees later positions and the
+        result is the same, for less work (demo captions use about half of the 32 positions)."""
+        if self.clip.attn_mask is None or not tokens.numel():  # not causal: padding is attended, keep it
+            return self.encode_text_tokens(tokens)[0]
+        longest = int((tokens != 0).sum(dim=1).max())
+        return self.encode_text_tokens(tokens[:, : max(longest, 1)])[0]
 
     # ---- frames ----------------------------------------------------------------------------
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
@@ -161,11 +197,23 @@ class Backbone(nn.Module):
         return (x - self.pixel_mean) / self.pixel_std
 
     def encode_images(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, H, W, 3] -> image embeddings [N, d]."""
+        """uint8 [N, H, W, 3] -> image embeddings [N, d].
+
+        Floating-point input [N, d] is taken as image embeddings already computed by this (frozen)
+        tower, read from a frame-features store, and passed through: pixels are always uint8.
+        """
+        if frames.is_floating_point():
+            if not self.visual_frozen:
+                raise ValueError("precomputed frame features need a frozen image tower "
+                                 "(backbone.freeze_visual: true): a trainable tower must see the pixels")
+            if frames.shape[-1] != self.embed_dim:
+                raise ValueError(f"frame features of dim {frames.shape[-1]}, but this backbone embeds in {self.embed_dim}")
+            return frames.to(self.device, torch.float32)
         return self.clip.encode_image(self.preprocess(frames))
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 [V, T, H, W, 3] -> per-frame embeddings [V, T, d] (padded frames included)."""
+        """uint8 [V, T, H, W, 3] -> per-frame embeddings [V, T, d] (padded frames included); or
+        precomputed features [V, T, d] passed through (see :meth:`encode_images`)."""
         videos, steps = frames.shape[:2]
         flat = self.encode_images(frames.reshape(videos * steps, *frames.shape[2:]))
         return flat.view(videos, steps, -1)

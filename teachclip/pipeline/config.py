@@ -77,6 +77,10 @@ class BackboneConfig(Section):
     pretrained: str | None = None  # open_clip tag ("openai", "laion2b_s34b_b79k") or a file path
     max_words: int = Field(32, ge=4)
     precision: Literal["fp32", "amp"] = "amp"  # amp only takes effect on CUDA
+    # True: the image tower never trains (LiT-style). Its per-frame features are then a fixed function
+    # of the frames, so `teach encode-frames` can compute them once into a frame-features store that
+    # every training, extraction and evaluation stage reads instead of pixels
+    freeze_visual: bool = False
 
 
 class StudentConfig(Section):
@@ -95,6 +99,22 @@ class StudentConfig(Section):
     logit_scale_init: float | None = Field(None, gt=0)
     # True: the whole open_clip model (both towers) is frozen, so per-frame features can be cached
     freeze_backbone: bool = False
+
+
+class PretrainBackboneConfig(Section):
+    """``teach pretrain-backbone``: the demo's stand-in for OpenAI's CLIP pretraining (image-text
+    contrastive learning on single frames of a separate set of demo videos; docs/training.md)."""
+
+    data: DemoConfig = DemoConfig(out=Path("data/pretrain"), videos=1000, seed=1000, test_fraction=0.1)
+    backbone: BackboneConfig = BackboneConfig()
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(256, ge=2)  # (frame, caption) pairs
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    eval_pairs: int = Field(1000, ge=2)  # held-out (frame, caption) pairs of the data's test split
 
 
 class TeacherConfig(Section):
@@ -215,6 +235,7 @@ class Params(Section):
     demo: DemoConfig = DemoConfig()
     decode: DecodeConfig = DecodeConfig()
     student: StudentConfig = StudentConfig()
+    pretrain_backbone: PretrainBackboneConfig = PretrainBackboneConfig()
     teachers: dict[str, TeacherConfig] = {}
     train_teacher: TrainTeacherConfig = TrainTeacherConfig()
     extract: ExtractConfig = ExtractConfig()

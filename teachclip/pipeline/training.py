@@ -24,6 +24,7 @@ import math
 import os
 import random
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -97,7 +98,9 @@ def build_optimizer(
                                      "name": group + suffix})
     if not param_groups:
         raise ValueError("no trainable parameters")
-    return torch.optim.AdamW(param_groups, betas=betas, eps=eps)
+    # foreach: one fused kernel per group instead of a Python loop over tensors (PyTorch only picks
+    # it by itself on CUDA); about half the optimizer time of a small model's step on a CPU
+    return torch.optim.AdamW(param_groups, betas=betas, eps=eps, foreach=True)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -482,8 +485,13 @@ def score_collection(
     device: torch.device,
     amp: bool = True,
     prefetch: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """Similarity [texts, videos] (float32, CPU) of any evaluable model over a collection.
+
+    ``timings`` (optional) receives wall seconds: ``encode_seconds`` (every caption and video encoded
+    once: for the videos that is index time, paid once) and ``score_seconds`` (every query scored
+    against every encoded video: what separates a student from a teacher at search time).
 
     A :class:`~teachclip.models.teachers.base.Teacher` encodes every caption and every video once
     (features kept on ``device``) and is scored by its own similarity with ``score_blocked`` in
@@ -492,12 +500,24 @@ def score_collection(
     """
     from teachclip.models.teachers.base import Teacher, cat_features
 
+    timings = {} if timings is None else timings
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
     if not isinstance(model, Teacher):
         text_vectors, video_vectors = embed_collection(
             model, store, video_indices, texts, batch_videos=batch_videos, batch_texts=batch_texts,
             device=device, amp=amp, prefetch=prefetch)
-        return torch.cat([text_vectors[start : start + block_texts] @ video_vectors.T
-                          for start in range(0, len(texts), block_texts)])
+        lap("encode_seconds")
+        similarity = torch.cat([text_vectors[start : start + block_texts].to(device) @ video_vectors.to(device).T
+                                for start in range(0, len(texts), block_texts)]).float().cpu()
+        lap("score_seconds")
+        return similarity
     text_features = []
     for start in range(0, len(texts), batch_texts):
         stop = start + batch_texts
@@ -513,6 +533,9 @@ def score_collection(
         batch = {"frames": frames.to(device), "mask": mask.to(device), "video_ids": [video_ids[i] for i in chunk]}
         with autocast(device, amp):
             video_features.append(model.encode_videos(batch))
+    lap("encode_seconds")
     with autocast(device, amp):
-        return model.score_blocked(cat_features(text_features), cat_features(video_features),
-                                   block_texts, block_videos).float()
+        similarity = model.score_blocked(cat_features(text_features), cat_features(video_features),
+                                         block_texts, block_videos).float()
+    lap("score_seconds")
+    return similarity

@@ -68,6 +68,7 @@ def evaluate_split(
     prefetch: bool = True,
 ) -> Evaluation:
     """Score every caption of ``config.split`` against every valid video of the split."""
+    store.check_model(model)  # a frame-features store only serves the frozen tower that made it
     split_ids = sorted(video.video_id for video in manifest.videos_in(config.split))
     if not split_ids:
         raise ValueError(f"{manifest.root}: no videos in split {config.split!r}")
@@ -83,12 +84,13 @@ def evaluate_split(
 
     was_training = model.training
     model.eval()
+    timings: dict[str, float] = {}
     similarity = score_collection(
         model, store, indices[valid], video_ids,
         [c.text for c in captions], [c.caption_id for c in captions], [c.video_id for c in captions],
         batch_videos=config.batch_videos, batch_texts=config.batch_texts,
         block_texts=config.block_texts, block_videos=config.block_videos,
-        device=device, amp=uses_amp(model), prefetch=prefetch,
+        device=device, amp=uses_amp(model), prefetch=prefetch, timings=timings,
     ).numpy()
     model.train(was_training)
     metrics = retrieval_metrics(similarity, text_video_index)
@@ -97,6 +99,9 @@ def evaluate_split(
         "videos": len(video_ids),
         "excluded_videos": len(excluded),
         "excluded_captions": len(manifest.captions_in(config.split)) - len(captions),
+        # search-time cost of one query against this split's videos, from encoded features (wall
+        # clock on this machine: compare models measured in the same run)
+        "score_ms_per_query": round(1000 * timings["score_seconds"] / len(captions), 4),
     }
     return Evaluation(metrics, similarity, [c.caption_id for c in captions], video_ids, text_video_index, excluded)
 

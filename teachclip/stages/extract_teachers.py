@@ -317,6 +317,7 @@ class TeacherRuntime:
             from teachclip.cache.frames import FramesStore
 
             self._frames = FramesStore.open(self.frames_path)
+            self._frames.check_model(self.teacher)  # frame features only serve the tower that made them
         return self._frames
 
     def video_features(self, scratch: Path, n_units: int) -> dict[str, Any]:

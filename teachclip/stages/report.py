@@ -17,7 +17,7 @@ from pathlib import Path
 from teachclip.pipeline.config import Params
 
 RUN_NAME = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
-COLUMNS = ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "v2t_R1")
+COLUMNS = ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "v2t_R1")  # required in every metrics file
 
 
 class ReportError(ValueError):
@@ -37,11 +37,14 @@ class Row:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         return statistics.fmean(values), spread
 
-    def cost(self) -> str:
-        first = self.runs[0]
-        if "query_cost" in first:
-            return str(first["query_cost"])
-        return "one dot product per video" if self.role == "student" else "teacher scoring per pair"
+    def cost(self, baseline_ms: float | None) -> str:
+        """Measured scoring time per query (``score_ms_per_query`` from evaluate), and the ratio to the
+        baseline's; older metrics files without it get a description instead."""
+        if "score_ms_per_query" not in self.runs[0]:
+            return "one dot product per video" if self.role == "student" else "teacher scoring per pair"
+        ms = self.stat("score_ms_per_query")[0]
+        ratio = f" ({ms / baseline_ms:.1f}x)" if baseline_ms else ""
+        return f"{ms:.3f} ms{ratio}"
 
 
 def collect(metrics_dir: Path, params: Params) -> list[Row]:
@@ -79,18 +82,38 @@ def collect(metrics_dir: Path, params: Params) -> list[Row]:
 
 
 def render_markdown(rows: list[Row]) -> str:
-    header = "| model | role | seeds | t2v R@1 | t2v R@5 | t2v R@10 | t2v MdR | v2t R@1 | retrieval cost per query |"
-    lines = [header, "|" + "---|" * 9]
+    """The table, with each student's share of the gap between the first student (the baseline,
+    meanP in the demo) and the best teacher on t2v R@1 and R@5."""
+    students = [row for row in rows if row.role == "student"]
+    teachers = [row for row in rows if row.role == "teacher"]
+    baseline = students[0] if students else None
+    baseline_ms = baseline.stat("score_ms_per_query")[0] if baseline and "score_ms_per_query" in baseline.runs[0] else None
+
+    def gap_closed(row: Row, key: str) -> str:
+        if baseline is None or not teachers or row.role != "student" or row is baseline:
+            return ""
+        best = max(teacher.stat(key)[0] for teacher in teachers)
+        base = baseline.stat(key)[0]
+        return f"{100 * (row.stat(key)[0] - base) / (best - base):.0f}%" if best > base else "n/a"
+
+    header = ("| model | role | seeds | t2v R@1 | t2v R@5 | t2v R@10 | t2v MdR | v2t R@1 | gap closed R@1 / R@5 "
+              "| scoring time per query |")
+    lines = [header, "|" + "---|" * 10]
     for row in rows:
         cells = []
         for key in COLUMNS:
             mean, spread = row.stat(key)
             cells.append(f"{mean:.1f} ± {spread:.1f}" if len(row.runs) > 1 else f"{mean:.1f}")
-        seeds = str(len(row.runs))
-        lines.append(f"| {row.name} | {row.role} | {seeds} | " + " | ".join(cells) + f" | {row.cost()} |")
+        gaps = " / ".join(filter(None, (gap_closed(row, "t2v_R1"), gap_closed(row, "t2v_R5"))))
+        lines.append(f"| {row.name} | {row.role} | {len(row.runs)} | " + " | ".join(cells)
+                     + f" | {gaps} | {row.cost(baseline_ms)} |")
     texts, videos = rows[0].runs[0].get("texts"), rows[0].runs[0].get("videos")
     lines.append("")
-    lines.append(f"Test split: {texts} queries over {videos} videos; mean ± sample std over seeds.")
+    lines.append(f"Test split: {texts} queries over {videos} videos; mean ± sample std over seeds. "
+                 f"Gap closed: (student - {baseline.name if baseline else 'baseline'}) / (best teacher - "
+                 f"{baseline.name if baseline else 'baseline'}). Scoring time: one query against every test "
+                 f"video from encoded features, wall clock on the machine that ran the pipeline (ratio to "
+                 f"{baseline.name if baseline else 'the baseline'}).")
     for row in rows:
         if row.description and row.role == "student":
             lines.append(f"- **{row.name}**: {row.description}")
@@ -129,6 +152,8 @@ def report(metrics_dir: str | Path, out_dir: str | Path, params: Params) -> list
             "runs": len(row.runs),
             **{f"{key}_mean": round(row.stat(key)[0], 3) for key in COLUMNS},
             **{f"{key}_std": round(row.stat(key)[1], 3) for key in COLUMNS},
+            **({"score_ms_per_query": round(row.stat("score_ms_per_query")[0], 4)}
+               if "score_ms_per_query" in row.runs[0] else {}),
         }
         for row in rows
     }

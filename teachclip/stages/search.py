@@ -75,6 +75,7 @@ def build_index(
     if not hasattr(model, "encode_video"):
         raise SearchIndexError(f"{model_dir}: not a student model (a search index needs one vector per video)")
     store = FramesStore.open(frames)
+    store.check_model(model)
     positions = np.flatnonzero(np.asarray(store.valid, dtype=bool))
     video_ids = [store.video_ids[i] for i in positions]
     chunks = [positions[start : start + batch_videos] for start in range(0, len(positions), batch_videos)]

@@ -364,6 +364,7 @@ def train_student(
 
     seed_everything(config.seed)  # the initial weights of the new modules
     student = Student(student_config).to(device)
+    store.check_model(student)
     amp = student_config.backbone.precision == "amp"
     frozen = precompute_frozen_inputs(student, store, data, device, amp) if student_config.freeze_backbone else None
     step_module: nn.Module = StudentStep(student)

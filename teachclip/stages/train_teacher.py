@@ -106,6 +106,7 @@ def train_contrastive(
     """
     out = Path(out)
     checkpoint = out / CHECKPOINT_DIR
+    store.check_model(model)
     data = training_set(store, manifest, "train")
     amp = uses_amp(model)
     evaluate_on = evaluate_config.split if manifest.videos_in(evaluate_config.split) else None

@@ -197,6 +197,9 @@ class TS2NetTeacher(ClipTeacher):
 
     def frame_tokens(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """uint8 frames [V, T, H, W, 3] -> selected, projected tokens [V, T, 1 + k, d]."""
+        if frames.is_floating_point():
+            raise ValueError("ts2net shifts tokens inside the image tower, so it needs the frames store, "
+                             "not a frame-features store")
         visual = self.backbone.clip.visual
         videos, steps = mask.shape
         pixels = self.backbone.preprocess(frames.reshape(videos * steps, *frames.shape[2:]))
