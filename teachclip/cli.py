@@ -481,13 +481,16 @@ def train_student_command(
     teachers: list[Path] = typer.Option(
         None, "--teachers", help="teachers.zarr (every group) or teachers.zarr/<name>; repeatable. None: the baseline."
     ),
-    out: Path = typer.Option(..., "--out", help="Directory for the student, metrics and checkpoint."),
+    out: str = typer.Option(
+        ..., "--out", help="Directory for the student, metrics and checkpoint; with several --seed it must "
+        "contain {seed} (e.g. runs/afa-s{seed})."),
     variant: str = typer.Option(
         None, "--variant", help="A recipe from params.yaml `students:` (its overrides apply before any flag)."
     ),
     epochs: int = typer.Option(None, "--epochs"),
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch: videos, one caption each."),
-    seed: int = typer.Option(None, "--seed"),
+    seed: list[int] = typer.Option(
+        None, "--seed", help="Repeatable: several seeds train one after another in this process (no start-up each)."),
     weight_nce: float = typer.Option(None, "--weight-nce"),
     weight_coarse: float = typer.Option(None, "--weight-coarse", help="0 removes coarse teaching."),
     weight_fine: float = typer.Option(None, "--weight-fine", help="0 removes fine teaching."),
@@ -522,8 +525,11 @@ def train_student_command(
     params = load()
     try:
         params = with_variant(params, variant)
+        seeds = list(seed or [None])
+        if len(seeds) > 1 and "{seed}" not in out:
+            fail(f"--out {out!r}: with several --seed it must contain {{seed}}, or every run would overwrite the last")
         config = override(
-            params.train_student, epochs=epochs, batch_size=batch_size, seed=seed, weight_nce=weight_nce,
+            params.train_student, epochs=epochs, batch_size=batch_size, weight_nce=weight_nce,
             weight_coarse=weight_coarse, weight_fine=weight_fine, coarse_loss=coarse_loss, fine_loss=fine_loss,
             fine_temperature=fine_temperature, teacher_temperature=teacher_temperature, lr_backbone=lr_backbone,
             lr_new=lr_new, lr_afa=lr_afa, weight_relational=weight_relational, weight_margin=weight_margin,
@@ -533,13 +539,17 @@ def train_student_command(
             update={"backbone": override(params.student.backbone, name=backbone, pretrained=pretrained)})
         student = override(student, head=head, afa=afa, freeze_backbone=freeze_backbone)
         compute = override(params.compute, device=device)
-        row = train_student(frames, manifest, list(teachers or []), out, config, student, params.evaluate, compute,
-                            resume=resume)
-    except (ConfigError, ManifestError, FramesStoreError, FileNotFoundError, ValueError) as exc:
+        for one_seed in seeds:
+            seeded = override(config, seed=one_seed)
+            run_dir = Path(out.format(seed=seeded.seed))
+            row = train_student(frames, manifest, list(teachers or []), run_dir, seeded, student, params.evaluate,
+                                compute, resume=resume)
+            tested = {key: value for key, value in row.items() if key.endswith(("_t2v_R1", "_t2v_R5", "_t2v_R10"))}
+            summary = ", ".join(f"{key} {value:.1f}" for key, value in tested.items())
+            typer.echo(f"trained the student for {row.get('epoch', 0)} epoch(s) into {run_dir}"
+                       + (f" ({summary})" if summary else ""))
+    except (ConfigError, ManifestError, FramesStoreError, FileNotFoundError, ValueError, KeyError) as exc:
         fail(str(exc))
-    tested = {key: value for key, value in row.items() if key.endswith(("_t2v_R1", "_t2v_R5", "_t2v_R10"))}
-    summary = ", ".join(f"{key} {value:.1f}" for key, value in tested.items())
-    typer.echo(f"trained the student for {row.get('epoch', 0)} epoch(s) into {out}" + (f" ({summary})" if summary else ""))
 
 
 @app.command("export")

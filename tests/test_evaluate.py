@@ -61,6 +61,7 @@ def test_student_directory(dataset, tmp_path):
     # batched encoding equals the one-shot definition up to float noise; the metrics are those of the
     # evaluated matrix (an untrained model has near-ties, so noise may flip ranks: compare exactly there)
     np.testing.assert_allclose(dump["similarity"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert metrics.pop("score_ms_per_query") >= 0  # measured: only its presence and sign are checkable
     assert metrics == retrieval_metrics(dump["similarity"], gt) | counts
     assert dump["video_ids"].tolist() == video_ids
     assert dump["text_ids"].tolist() == [c.caption_id for c in captions]
@@ -84,6 +85,7 @@ def test_teacher_directory_scored_by_its_own_similarity(dataset, tmp_path):
             {"frames": batch_frames, "mask": mask, "video_ids": video_ids})
     dumped = np.load(tmp_path / "sim.npz")["similarity"]
     np.testing.assert_allclose(dumped, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert metrics.pop("score_ms_per_query") >= 0
     assert metrics == retrieval_metrics(dumped, gt) | counts
 
 

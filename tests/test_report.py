@@ -47,3 +47,19 @@ def test_report_errors_name_the_file(tmp_path: Path):
     result = CliRunner().invoke(app, ["--params", str(tmp_path / "none.yaml"), "report",
                                       "--metrics", str(tmp_path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
+
+
+def test_report_gap_closed_and_measured_query_cost(tmp_path: Path):
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    for name, r1, ms in (("teacher-xpool", 30.0, 40.0), ("meanP-s0", 10.0, 0.5), ("both-s0", 20.0, 0.5)):
+        write_metrics(metrics, name, r1)
+        document = json.loads((metrics / f"{name}.json").read_text()) | {"score_ms_per_query": ms}
+        (metrics / f"{name}.json").write_text(json.dumps(document))
+    params = Params(students={"meanP": StudentVariant(), "both": StudentVariant()})
+    report(metrics, tmp_path / "reports", params)
+    table = (tmp_path / "reports" / "results.md").read_text()
+    # (20 - 10) / (30 - 10) on R@1 and on R@5 (R@5 = R@1 + 10 here)
+    assert "| both | student | 1 | 20.0 | 30.0 | 40.0 | 5.0 | 19.0 | 50% / 50% | 0.500 ms (1.0x) |" in table
+    assert "| xpool | teacher | 1 | 30.0 | 40.0 | 50.0 | 5.0 | 29.0 |  | 40.000 ms (80.0x) |" in table
+    assert json.loads((tmp_path / "reports" / "results.json").read_text())["xpool"]["score_ms_per_query"] == 40.0

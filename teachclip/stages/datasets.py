@@ -630,7 +630,7 @@ def _write(out_dir: Path, rows: DatasetRows, paths: dict[str, Path]) -> None:
 
 def _add_clip_columns(videos_csv: Path, clips: dict[str, tuple[float, float]]) -> None:
     """Append optional ``start,end`` (seconds) columns; an empty cell means the whole video.
-    load_manifest ignores extra columns, so older readers still accept the file."""
+    load_manifest reads them (they are part of the manifest fingerprint) and decode samples inside them."""
     with open(videos_csv, newline="", encoding="utf-8") as handle:
         table = list(csv.reader(handle))
     with open(videos_csv, "w", newline="", encoding="utf-8") as handle:
