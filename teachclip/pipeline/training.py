@@ -119,6 +119,19 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fra
     )
 
 
+def optimizer_step(loss: torch.Tensor, parameters, optimizer: torch.optim.Optimizer, scheduler,
+                   scaler: torch.amp.GradScaler, grad_clip: float) -> None:
+    """One update: backward through the (AMP-scaled) loss, unscale so that the clip sees the true
+    gradients, clip, AdamW step (skipped by the scaler on inf/NaN), scaler and schedule, zero grads."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     """A loss scaler for fp16 autocast; a pass-through (``enabled=False``) on CPU and for bf16.
 

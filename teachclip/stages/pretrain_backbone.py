@@ -45,6 +45,7 @@ from teachclip.pipeline.training import (
     grad_scaler,
     has_training_state,
     load_training_state,
+    optimizer_step,
     save_training_state,
     seed_everything,
     training_progress,
@@ -184,13 +185,7 @@ def pretrain_backbone(
                     text = F.normalize(model.encode_text(tokens).float(), dim=-1)
                     logit_scale = model.clip.logit_scale.exp().clamp(max=100)
                     loss = info_nce(logit_scale * text @ image.T)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(loss, model.parameters(), optimizer, scheduler, scaler, config.grad_clip)
                 step += 1
                 running.update({"loss": loss.detach()})
                 bar.update(task, advance=1, status=running.status())

@@ -75,6 +75,7 @@ from teachclip.pipeline.training import (
     grad_scaler,
     has_training_state,
     load_training_state,
+    optimizer_step,
     save_training_state,
     seed_everything,
     training_progress,
@@ -437,13 +438,7 @@ def train_student(
                 with autocast(device, amp):
                     outputs = step_module(**inputs)
                 losses = batch_losses(outputs, labels, terms, config, sizes)
-                scaler.scale(losses["loss"]).backward()
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(losses["loss"], student.parameters(), optimizer, scheduler, scaler, config.grad_clip)
                 step += 1
                 running.update({term: value.detach() for term, value in losses.items()})
                 bar.update(task, advance=1, status=running.status())

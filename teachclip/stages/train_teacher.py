@@ -42,6 +42,7 @@ from teachclip.pipeline.training import (
     grad_scaler,
     has_training_state,
     load_training_state,
+    optimizer_step,
     save_training_state,
     seed_everything,
     training_progress,
@@ -139,13 +140,7 @@ def train_contrastive(
                         model, [data.texts[i] for i in batch.captions], [data.caption_ids[i] for i in batch.captions],
                         [data.video_ids[v] for v in batch.videos], frames.to(device), mask.to(device))
                     loss = info_nce(logit_scale_of(model) * similarity.float())
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(loss, model.parameters(), optimizer, scheduler, scaler, config.grad_clip)
                 step += 1
                 running.update({"loss": loss.detach()})
                 bar.update(task, advance=1, status=running.status())
