@@ -44,7 +44,7 @@ class Row:
             return "one dot product per video" if self.role == "student" else "teacher scoring per pair"
         ms = self.stat("score_ms_per_query")[0]
         ratio = f" ({ms / baseline_ms:.1f}x)" if baseline_ms else ""
-        return f"{ms:.3f} ms{ratio}"
+        return f"{ms:.3g} ms{ratio}"
 
 
 def collect(metrics_dir: Path, params: Params) -> list[Row]:
