@@ -120,3 +120,27 @@ def test_cli_evaluate(dataset, tmp_path):
                                       "--frames", str(frames), "--manifest", str(manifest_dir),
                                       "--out", str(tmp_path / "x.json")])
     assert result.exit_code == 1 and "error:" in result.output
+
+
+def test_frames_store_records_its_manifest_fingerprint_mode(dataset, tmp_path, monkeypatch):
+    """Readers recompute only the mode decode used: "stat" never hashes the video files."""
+    from teachclip.pipeline.config import DecodeConfig
+    from teachclip.pipeline.manifest import Manifest
+    from teachclip.stages.decode import decode
+    from teachclip.stages.evaluate import open_frames_for
+
+    manifest_dir, _ = dataset
+    frames = tmp_path / "stat.zarr"
+    decode(manifest_dir, frames, DecodeConfig(frames_per_video=4, size=32, fingerprint_mode="stat",
+                                              max_failure_fraction=1.0), ComputeConfig(scheduler="sync"), progress=False)
+    assert FramesStore.open(frames).manifest_fingerprint_mode == "stat"
+    modes = []
+    original = Manifest.fingerprint
+
+    def spy(self, mode="content"):
+        modes.append(mode)
+        return original(self, mode)
+
+    monkeypatch.setattr(Manifest, "fingerprint", spy)
+    open_frames_for(frames, load_manifest(manifest_dir))
+    assert modes == ["stat"]

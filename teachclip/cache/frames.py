@@ -68,6 +68,8 @@ class FramesStore:
         self.path = path
         self.fingerprint: str = attributes["fingerprint"]
         self.manifest_fingerprint: str = attributes["manifest_fingerprint"]
+        # "stat" or "content"; None for stores written before the mode was recorded
+        self.manifest_fingerprint_mode: str | None = attributes.get("manifest_fingerprint_mode")
         self.sampling: dict = attributes["sampling"]
         self.failures: list[dict] = list(attributes["failures"])
         self.frames_per_video: int = int(self.sampling["frames_per_video"])

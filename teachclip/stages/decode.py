@@ -134,6 +134,9 @@ def _store_attributes(
         "format_version": FORMAT_VERSION,
         "fingerprint": frames_fp,
         "manifest_fingerprint": manifest_fp,
+        # how the manifest was fingerprinted, so readers recompute only that one ("content" hashes
+        # every video file)
+        "manifest_fingerprint_mode": config.fingerprint_mode,
         "sampling": sampling,
         "videos": videos,
         "videos_per_shard": config.videos_per_shard,

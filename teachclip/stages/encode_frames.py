@@ -51,6 +51,7 @@ def features_attributes(frames: FramesStore, backbone: Backbone, complete: bool)
         "format_version": FORMAT_VERSION,
         "fingerprint": frames.fingerprint,  # the frames these features were computed from
         "manifest_fingerprint": frames.manifest_fingerprint,
+        "manifest_fingerprint_mode": frames.manifest_fingerprint_mode,
         "features_fingerprint": fingerprint("frame-features", {"frames": frames.fingerprint, "backbone": tower}),
         "backbone": tower,
         "sampling": source["sampling"],

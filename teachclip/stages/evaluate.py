@@ -39,18 +39,20 @@ class Evaluation:
 
 def open_frames_for(frames: str | Path, manifest: Manifest) -> FramesStore:
     """Open ``frames`` and refuse it unless it was decoded from ``manifest`` (message naming both
-    fingerprints). The store does not record which manifest fingerprint mode decode used, so the
-    cheap ``stat`` fingerprint is tried first and the ``content`` one (a hash of every file) after."""
+    fingerprints). Only the manifest fingerprint mode the store records is computed; for an older
+    store without it, the cheap ``stat`` fingerprint is tried first and ``content`` (a hash of every
+    file) after."""
     store = FramesStore.open(frames)
     computed = {}
-    for mode in ("stat", "content"):
+    modes = [store.manifest_fingerprint_mode] if store.manifest_fingerprint_mode else ["stat", "content"]
+    for mode in modes:
         computed[mode] = manifest.fingerprint(mode)
         if computed[mode] == store.manifest_fingerprint:
             return store
+    found = "; ".join(f"{value} in {mode} mode" for mode, value in computed.items())
     raise StoreMismatchError(
         f"{frames} was decoded from another manifest: its manifest fingerprint is {store.manifest_fingerprint}, "
-        f"but {manifest.root} has fingerprint {computed['content']} (content mode; {computed['stat']} in stat "
-        f"mode); re-run `teach decode` for this manifest"
+        f"but {manifest.root} has fingerprint {found}; re-run `teach decode` for this manifest"
     )
 
 

@@ -589,7 +589,8 @@ def extract_teachers(
             todo.append((request, identity, entry))
 
     if todo:
-        check_manifest(frames_store, manifest, manifest_dir, fingerprint_mode)
+        # the mode the frames store records wins over the caller's (older stores do not record it)
+        check_manifest(frames_store, manifest, manifest_dir, frames_store.manifest_fingerprint_mode or fingerprint_mode)
         with compute_client(compute) as (client, resources), _maybe_progress(progress) as bar:
             for request, identity, entry in todo:
                 run_teacher(client, resources, bar, request, identity, entry, train, layout, partial,
