@@ -26,6 +26,13 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(search_app, name="search")
 
 
+# Options several commands share (one definition each; typer reads them as default values).
+DEVICE_OPTION = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ... (default: compute.device).")
+RESUME_OPTION = typer.Option(False, "--resume", help="Continue from the last completed epoch in OUT/checkpoint.")
+PRETRAINED_OPTION = typer.Option(None, "--pretrained", help="open_clip tag or local checkpoint path.")
+SCHEDULER_OPTION = typer.Option(None, "--scheduler", help="local, sync, or a dask scheduler address.")
+
+
 class State:
     params_path: Path = Path("params.yaml")
 
@@ -172,7 +179,7 @@ def decode_command(
     size: int = typer.Option(None, "--size", help="Short side resize + centre crop to SIZE x SIZE."),
     backend: str = typer.Option(None, "--backend", help="Decoder: pyav (in process) or ffmpeg (binary)."),
     workers: int = typer.Option(None, "--workers", help="Dask worker processes (compute.workers)."),
-    scheduler: str = typer.Option(None, "--scheduler", help="local, sync, or a dask scheduler address."),
+    scheduler: str = SCHEDULER_OPTION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild even if OUT (or OUT.partial) exists."),
 ) -> None:
     """Sample T frames of every manifest video into a frames store (resumable, parallel)."""
@@ -199,8 +206,8 @@ def encode_frames_command(
     frames: Path = typer.Option(..., "--frames", help="Frames store (from `teach decode`)."),
     out: Path = typer.Option(..., "--out", help="Frame-features store to write, e.g. features.zarr."),
     backbone: str = typer.Option(None, "--backbone", help="open_clip model name (default: student.backbone)."),
-    pretrained: str = typer.Option(None, "--pretrained", help="open_clip tag or local checkpoint path."),
-    device: str = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ... (default: compute.device)."),
+    pretrained: str = PRETRAINED_OPTION,
+    device: str = DEVICE_OPTION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute even if OUT (or OUT.partial) exists."),
 ) -> None:
     """Run a frozen image tower once over every frame; stages given the result skip the tower."""
@@ -225,8 +232,8 @@ def pretrain_backbone_command(
     out: Path = typer.Option(..., "--out", help="Directory for clip.safetensors, config.json, metrics."),
     epochs: int = typer.Option(None, "--epochs"),
     backbone: str = typer.Option(None, "--backbone", help="open_clip model name (pretrain_backbone.backbone)."),
-    device: str = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ... (default: compute.device)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch in OUT/checkpoint."),
+    device: str = DEVICE_OPTION,
+    resume: bool = RESUME_OPTION,
 ) -> None:
     """Demo only: pretrain a tiny CLIP on labelled single frames of separate demo videos (OpenAI CLIP's stand-in)."""
     from teachclip.cache.frames import FramesStoreError
@@ -261,9 +268,9 @@ def train_teacher_command(
     lr_backbone: float = typer.Option(None, "--lr-backbone", help="Learning rate of the open_clip towers."),
     seed: int = typer.Option(None, "--seed"),
     backbone: str = typer.Option(None, "--backbone", help="open_clip model name (overrides the teachers: entry)."),
-    pretrained: str = typer.Option(None, "--pretrained", help="open_clip tag or local checkpoint path."),
-    device: str = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ... (default: compute.device)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch in OUT/checkpoint."),
+    pretrained: str = PRETRAINED_OPTION,
+    device: str = DEVICE_OPTION,
+    resume: bool = RESUME_OPTION,
 ) -> None:
     """Train a teacher with symmetric InfoNCE on the train split; logs loss and test R@1 per epoch."""
     from teachclip.cache.frames import FramesStoreError
@@ -305,12 +312,12 @@ def extract_teachers_command(
     ),
     out: Path = typer.Option(..., "--out", help="Teacher cache to write (Zarr v3), e.g. teachers.zarr."),
     workers: int = typer.Option(None, "--workers", help="Dask worker processes (compute.workers; one per GPU on GPUs)."),
-    scheduler: str = typer.Option(None, "--scheduler", help="local, sync, or a dask scheduler address."),
+    scheduler: str = SCHEDULER_OPTION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute these teachers' groups, replacing others' caches."),
     block_texts: int = typer.Option(None, "--block-texts", help="Captions per block (one shard file, unit of resume)."),
     memory_budget_mb: int = typer.Option(None, "--memory-budget-mb", help="Per-worker memory for a block and its scoring."),
     shared_cache: str = typer.Option(None, "--shared-cache", help="fsspec URL searched by fingerprint before computing."),
-    device: str = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ... (default: compute.device)."),
+    device: str = DEVICE_OPTION,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar per teacher on stderr."),
 ) -> None:
     """Score every train caption against every train video once per teacher, into a resumable,
@@ -512,9 +519,9 @@ def train_student_command(
         None, "--freeze-backbone/--train-backbone", help="Frozen open_clip towers: features computed once (fast on CPU)."
     ),
     backbone: str = typer.Option(None, "--backbone", help="open_clip model name of the student."),
-    pretrained: str = typer.Option(None, "--pretrained", help="open_clip tag or local checkpoint path."),
-    device: str = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ... (default: compute.device)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last completed epoch in OUT/checkpoint."),
+    pretrained: str = PRETRAINED_OPTION,
+    device: str = DEVICE_OPTION,
+    resume: bool = RESUME_OPTION,
 ) -> None:
     """Train a CLIP4Clip/AFA student from cached teacher soft labels (torchrun for several GPUs)."""
     from teachclip.cache.frames import FramesStoreError
@@ -581,7 +588,7 @@ def evaluate_command(
     dump_similarity: Path = typer.Option(
         None, "--dump-similarity", help="Also save the similarity matrix, text/video ids and ground truth (.npz)."
     ),
-    device: str = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ... (default: compute.device)."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Text-to-video and video-to-text R@1/5/10, MdR, MnR (CLIP4Clip rules, pessimistic ties)."""
     from teachclip.cache.frames import FramesStoreError
@@ -618,7 +625,7 @@ def search_index_command(
     frames: Path = typer.Option(..., "--frames", help="frames.zarr of the collection to search."),
     out: Path = typer.Option(..., "--out", help="index.zarr to write."),
     dtype: str = typer.Option("float16", "--dtype", help="float16 (half the size) or float32."),
-    device: str = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ... (default: compute.device)."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Embed every video of a frames store once: one vector per video."""
     from teachclip.cache.frames import FramesStoreError
@@ -641,7 +648,7 @@ def search_query_command(
     k: int = typer.Option(5, "-k", "--top", min=1, help="How many videos to list."),
     model: Path = typer.Option(None, "--model", help="The model (default: the one recorded in the index)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    device: str = typer.Option(None, "--device", help="cuda, cpu, cuda:1 ... (default: compute.device)."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Rank the indexed videos for a text: one text encoding, one matrix-vector product."""
     import json
