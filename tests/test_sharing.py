@@ -234,6 +234,139 @@ def test_cli_export_import(tmp_path):
     assert runner.invoke(app, ["cache", "export", str(store), "--format", "npz", str(h5)]).exit_code != 0
 
 
+# ---- sparse groups (teach cache sparsify): verify, info, push/pull; HDF5 refuses them ------------------
+
+
+def sparse_store(tmp_path: Path, top_k: int = 3) -> tuple[Path, Path, Path]:
+    """A store with a dense group ``teacher`` and its sparse top-k group ``teacher-sparse`` (10 captions
+    x 7 videos, 3 chunks per sparse array). Returns (store, dense group, sparse group)."""
+    from teachclip.cache.sparse import sparsify
+
+    store = tmp_path / "teachers.zarr"
+    dense = synthetic_cache(store)
+    return store, dense, sparsify(dense, store, top_k=top_k, name="teacher-sparse", block_texts=4)
+
+
+def edit_attributes(group: Path, **changes) -> None:
+    meta = group / "zarr.json"
+    document = json.loads(meta.read_text())
+    for key, value in changes.items():
+        if key in document["attributes"]["sparse"]:
+            document["attributes"]["sparse"][key] = value
+        else:
+            document["attributes"][key] = value
+    meta.write_text(json.dumps(document))
+
+
+def test_verify_accepts_an_intact_sparse_group_and_finds_a_corrupt_or_missing_chunk(tmp_path):
+    _, _, group = sparse_store(tmp_path)
+    check = sharing.verify_group(group)
+    assert check.ok, check.problems
+    assert check.chunks_read == 4 * 3 + 3 + 3  # the four top-k arrays and relevance (3 chunks each), the ids
+    files = data_files(group)
+    assert {f.relative_to(group).parts[0] for f in files} >= {"neighbour_videos", "neighbour_scores", "own_score",
+                                                              "rest_mean"}
+    for file in files:
+        original = file.read_bytes()
+        corrupted = bytearray(original)
+        corrupted[len(original) // 2] ^= 0x01
+        file.write_bytes(bytes(corrupted))
+        assert problems(group), f"a flipped byte in {file.relative_to(group)} went unnoticed"
+        file.write_bytes(original)
+    assert not problems(group)
+    (group / "neighbour_scores" / "c" / "1" / "0").unlink()
+    assert any("neighbour_scores: chunk c/1/0 is missing" in p for p in problems(group))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"fingerprint": "0" * 64}, "is not the sparse fingerprint"),
+    ({"top_k": 2}, "is not the sparse fingerprint"),  # and the arrays' shapes disagree
+    ({"dense_fingerprint": "0" * 64}, "dense_fingerprint 0000"),
+    ({"kind": "xclip"}, "metadata was altered"),
+    ({"fill": "kth"}, "fill rule 'kth'"),
+    ({"top_k": 99}, "top_k 99 outside 1..7"),
+])
+def test_verify_reports_altered_sparse_metadata(tmp_path, change, message):
+    store, _, group = sparse_store(tmp_path)
+    edit_attributes(group, **change)
+    assert any(message in p for p in problems(group)), problems(group)
+    assert not sharing.verify_group(store / "teacher").problems  # the dense group beside it is intact
+    assert CliRunner().invoke(app, ["cache", "verify", str(store)]).exit_code == 1
+
+
+def test_cache_info_reports_top_k_and_bytes_of_a_sparse_group(tmp_path):
+    store, _, group = sparse_store(tmp_path)
+    result = CliRunner().invoke(app, ["cache", "info", str(store), "--json"])
+    assert result.exit_code == 0, result.output
+    dense_info, sparse_info = json.loads(result.output)["groups"]
+    assert dense_info["name"] == "teacher" and "top_k" not in dense_info
+    assert dense_info["similarity_bytes_per_entry"] > 0
+    assert sparse_info["name"] == "teacher-sparse" and sparse_info["top_k"] == 3
+    assert "similarity_bytes_per_entry" not in sparse_info
+    assert sparse_info["dense_fingerprint"] == dense_info["fingerprint"]
+    arrays = ("neighbour_videos", "neighbour_scores", "own_score", "rest_mean")
+    assert sparse_info["sparse_bytes"] == sum(p.stat().st_size for a in arrays for p in (group / a).rglob("*")
+                                             if p.is_file())
+    assert sparse_info["sparse_bytes_per_caption"] == sparse_info["sparse_bytes"] / 10
+    text = CliRunner().invoke(app, ["cache", "info", str(store)]).output
+    assert "sparse top-3:" in text and "B/caption" in text and "B/similarity" in text
+
+
+def test_push_pull_and_fetch_of_a_sparse_group(tmp_path):
+    store, _, group = sparse_store(tmp_path)
+    remote = str(tmp_path / "remote")
+    assert [status for *_, status in sharing.push(store, remote)] == ["pushed", "pushed"]
+    original = cache.open_teacher_caches(group)[0]
+
+    pulled = tmp_path / "pulled.zarr"
+    assert [status for *_, status in sharing.pull(remote, pulled)] == ["pulled", "pulled"]
+    assert all(check.ok for check in sharing.verify_store(pulled))
+    assert sharing.sha256_tree(pulled) == sharing.sha256_tree(store)
+    copy = cache.open_teacher_caches(pulled / "teacher-sparse")[0]
+    assert copy.top_k == 3 and copy.fingerprint == original.fingerprint
+    rows, cols = np.arange(10), np.arange(7)
+    np.testing.assert_array_equal(copy.similarity_block(rows, cols), original.similarity_block(rows, cols))
+    np.testing.assert_array_equal(copy.known_mask(rows, cols), original.known_mask(rows, cols))
+    for a, b in zip(copy.neighbours(rows), original.neighbours(rows), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # the path extract-teachers' shared cache takes: fetch into a partial store, publish
+    fetched = tmp_path / "fetched.zarr"
+    assert sharing.fetch_into(remote, original.fingerprint, partial_path(fetched), "k3")
+    cache.publish_groups(partial_path(fetched), fetched, ["k3"])
+    assert sharing.verify_group(fetched / "k3").ok
+    assert sharing.sha256_tree(fetched / "k3") == sharing.sha256_tree(group)
+
+    # a corrupt sparse chunk on the remote still fails the pull, leaving nothing behind
+    shard = tmp_path / "remote" / original.fingerprint / "neighbour_videos" / "c" / "0" / "0"
+    shard.write_bytes(b"\x00" + shard.read_bytes()[1:])
+    fresh = tmp_path / "fresh.zarr"
+    with pytest.raises(sharing.SharingError, match="sha256"):
+        sharing.pull(f"{remote}/{original.fingerprint}", fresh)
+    assert not (fresh / "teacher-sparse").exists()
+
+
+def test_hdf5_refuses_sparse_groups_and_names_them(tmp_path):
+    import h5py
+
+    store, dense, group = sparse_store(tmp_path)
+    h5 = tmp_path / "cache.h5"
+    for source in (store, group):
+        with pytest.raises(sharing.SharingError, match=r"teacher-sparse: a sparse .* `teach cache push`"):
+            sharing.export_hdf5(source, h5)
+        assert not h5.exists() and not h5.with_name("cache.h5.tmp").exists()
+    result = CliRunner().invoke(app, ["cache", "export", str(store), "--format", "hdf5", str(h5)])
+    assert result.exit_code != 0 and "teacher-sparse" in result.output
+    assert sharing.export_hdf5(dense, h5) == ["teacher"]  # the dense group alone still exports
+    # an HDF5 group claiming to be sparse (hand-made) is refused on import too
+    with h5py.File(h5, "r+") as file:
+        attrs = json.loads(file["teacher"].attrs[sharing.HDF5_ATTRIBUTES])
+        file["teacher"].attrs[sharing.HDF5_ATTRIBUTES] = json.dumps(attrs | {"sparse": {"top_k": 3}})
+    with pytest.raises(sharing.SharingError, match="group 'teacher': a sparse"):
+        sharing.import_hdf5(h5, tmp_path / "imported.zarr")
+    assert not (tmp_path / "imported.zarr").exists()
+
+
 # ---- a shared cache replaces the computation ---------------------------------------------------------
 
 

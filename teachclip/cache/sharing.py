@@ -12,7 +12,9 @@ teacher on the same frames find each other's cache, whatever they named it.
 
 HDF5 interchange: one HDF5 group per teacher with the same datasets and, in the attribute
 ``teachclip_attributes``, the canonical JSON of the Zarr group attributes; importing rebuilds the
-same Zarr group (same layout, same attributes: the same bytes).
+same Zarr group (same layout, same attributes: the same bytes). Dense groups only: a sparse group
+(``teach cache sparsify``) is refused, naming it; push/pull carries sparse groups, byte for byte, and
+``verify`` checks them (their top-k arrays and their sparse fingerprint).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 import zarr
 
 from teachclip.cache import teachers as cache
-from teachclip.cache.zarr_io import done_units, partial_path, tree_bytes
+from teachclip.cache.zarr_io import done_units, partial_path, read_strings, tree_bytes
 from teachclip.pipeline.fingerprint import canonical_json
 
 REMOTE_INDEX = "teachclip-remote.json"
@@ -72,6 +74,7 @@ def verify_store(path: str | Path) -> list[GroupCheck]:
 
 
 def verify_group(path: str | Path) -> GroupCheck:
+    """The checks of :func:`verify_store` for one group, dense or sparse (``teach cache sparsify``)."""
     path = Path(path)
     check = GroupCheck(path)
     try:
@@ -90,13 +93,20 @@ def verify_group(path: str | Path) -> GroupCheck:
     except (KeyError, TypeError) as exc:
         check.problems.append(f"attributes lack the teacher identity or layout ({exc})")
         return check
-    if identity.fingerprint != attrs.get("fingerprint"):
-        check.problems.append(
-            f"fingerprint {attrs.get('fingerprint')} does not match the identity in the attributes "
-            f"({identity.fingerprint}): the metadata was altered"
-        )
-    expected = {
-        cache.SIMILARITY: (layout.n_texts, layout.n_videos),
+    top_k = None
+    if "sparse" in attrs:
+        top_k = _check_sparse_identity(attrs, identity, layout, check)
+        if top_k is None:
+            return check
+        expected = _sparse_arrays(layout, top_k)
+    else:
+        if identity.fingerprint != attrs.get("fingerprint"):
+            check.problems.append(
+                f"fingerprint {attrs.get('fingerprint')} does not match the identity in the attributes "
+                f"({identity.fingerprint}): the metadata was altered"
+            )
+        expected = {cache.SIMILARITY: (layout.n_texts, layout.n_videos)}
+    expected |= {
         cache.TEXT_IDS: (layout.n_texts,),
         cache.VIDEO_IDS: (layout.n_videos,),
         cache.TEXT_VIDEO: (layout.n_texts,),
@@ -106,8 +116,51 @@ def verify_group(path: str | Path) -> GroupCheck:
     for name, shape in expected.items():
         check.problems.extend(_check_array(path / name, shape, check))
     if not check.problems:
-        check.problems.extend(_check_ids(path, layout))
+        check.problems.extend(_check_ids(path, layout, top_k))
     return check
+
+
+def _sparse_arrays(layout: cache.CacheLayout, top_k: int) -> dict[str, tuple[int, ...]]:
+    """The score arrays of a sparse group (``teachclip.cache.sparse``) and their shapes."""
+    from teachclip.cache import sparse
+
+    return {
+        sparse.NEIGHBOUR_VIDEOS: (layout.n_texts, top_k),
+        sparse.NEIGHBOUR_SCORES: (layout.n_texts, top_k),
+        sparse.OWN_SCORE: (layout.n_texts,),
+        sparse.REST_MEAN: (layout.n_texts,),
+    }
+
+
+def _check_sparse_identity(attrs: dict[str, Any], identity: cache.TeacherIdentity, layout: cache.CacheLayout,
+                           check: GroupCheck) -> int | None:
+    """A sparse group's identity: its dense source's (recomputed from the attributes) and its own
+    fingerprint ``sparse_fingerprint(dense_fingerprint, top_k)``. Returns top_k, None if unusable."""
+    from teachclip.cache import sparse
+
+    meta = attrs["sparse"]
+    top_k = meta.get("top_k") if isinstance(meta, dict) else None
+    dense_fingerprint = meta.get("dense_fingerprint") if isinstance(meta, dict) else None
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not isinstance(dense_fingerprint, str):
+        check.problems.append(f"attribute sparse {meta!r} lacks an integer top_k or a dense_fingerprint")
+        return None
+    if not 1 <= top_k <= layout.n_videos:
+        check.problems.append(f"sparse top_k {top_k} outside 1..{layout.n_videos} (the videos in the layout)")
+        return None
+    if identity.fingerprint != dense_fingerprint:
+        check.problems.append(
+            f"sparse dense_fingerprint {dense_fingerprint} does not match the identity in the attributes "
+            f"({identity.fingerprint}): the metadata was altered"
+        )
+    expected = sparse.sparse_fingerprint(dense_fingerprint, top_k)
+    if attrs.get("fingerprint") != expected:
+        check.problems.append(
+            f"fingerprint {attrs.get('fingerprint')} is not the sparse fingerprint of dense_fingerprint and "
+            f"top_k {top_k} ({expected}): the metadata was altered"
+        )
+    if meta.get("fill") != sparse.FILL_RULE:
+        check.problems.append(f"sparse fill rule {meta.get('fill')!r}: this code reads {sparse.FILL_RULE!r}")
+    return top_k
 
 
 def _check_array(array_path: Path, shape: tuple[int, ...], check: GroupCheck) -> list[str]:
@@ -200,15 +253,26 @@ def _check_shard(file: Path, name: str, key: str, shape: list[int], outer: list[
     return problems
 
 
-def _check_ids(path: Path, layout: cache.CacheLayout) -> list[str]:
-    group = cache.TeacherCacheGroup(path, in_memory=False)
+def _check_ids(path: Path, layout: cache.CacheLayout, top_k: int | None = None) -> list[str]:
+    """Ids sorted and unique, every column in range (``top_k``: a sparse group's neighbour columns too)."""
+    group = zarr.open_group(path, mode="r")
+    text_ids, video_ids = read_strings(group[cache.TEXT_IDS]), read_strings(group[cache.VIDEO_IDS])
+    text_video = np.asarray(group[cache.TEXT_VIDEO][...])
     problems = []
-    if len(set(group.text_ids)) != len(group.text_ids) or group.text_ids != sorted(group.text_ids):
+    if len(set(text_ids)) != len(text_ids) or text_ids != sorted(text_ids):
         problems.append("text_ids: not sorted and unique")
-    if len(set(group.video_ids)) != len(group.video_ids) or group.video_ids != sorted(group.video_ids):
+    if len(set(video_ids)) != len(video_ids) or video_ids != sorted(video_ids):
         problems.append("video_ids: not sorted and unique")
-    if len(group.text_video) and (group.text_video.min() < 0 or group.text_video.max() >= layout.n_videos):
+    if len(text_video) and (text_video.min() < 0 or text_video.max() >= layout.n_videos):
         problems.append("text_video: column out of range")
+    if top_k is not None:
+        from teachclip.cache.sparse import NEIGHBOUR_VIDEOS
+
+        neighbours = np.sort(np.asarray(group[NEIGHBOUR_VIDEOS][...]), axis=1)
+        if neighbours.size and (neighbours.min() < 0 or neighbours.max() >= layout.n_videos):
+            problems.append(f"{NEIGHBOUR_VIDEOS}: column out of range")
+        elif (neighbours[:, 1:] == neighbours[:, :-1]).any():
+            problems.append(f"{NEIGHBOUR_VIDEOS}: a video listed twice in one row")
     return problems
 
 
@@ -238,8 +302,7 @@ def cache_info(path: str | Path) -> dict[str, Any]:
 def _group_info(path: Path) -> dict[str, Any]:
     attrs = cache.read_group_attributes(path)
     layout = cache.layout_from_attributes(attrs)
-    similarity_bytes = tree_bytes(path / cache.SIMILARITY)
-    return {
+    info = {
         "name": path.name,
         "kind": attrs["kind"],
         "fingerprint": attrs["fingerprint"],
@@ -254,20 +317,34 @@ def _group_info(path: Path) -> dict[str, Any]:
         "frames_per_video": layout.frames_per_video,
         "blocks": layout.n_blocks,
         "bytes": tree_bytes(path),
-        "similarity_bytes_per_entry": similarity_bytes / max(1, layout.n_texts * layout.n_videos),
         "versions": attrs["versions"],
     }
+    sparse = attrs.get("sparse")
+    if sparse is None:
+        similarity_bytes = tree_bytes(path / cache.SIMILARITY)
+        info["similarity_bytes_per_entry"] = similarity_bytes / max(1, layout.n_texts * layout.n_videos)
+        return info
+    # a sparse group: K scores per caption, not a [texts, videos] matrix; its size is per caption
+    top_k = sparse["top_k"]
+    score_bytes = sum(tree_bytes(path / name) for name in _sparse_arrays(layout, top_k))
+    return info | {"top_k": top_k, "dense_fingerprint": sparse["dense_fingerprint"], "sparse_bytes": score_bytes,
+                   "sparse_bytes_per_caption": score_bytes / max(1, layout.n_texts)}
 
 
 def format_info(info: dict[str, Any]) -> str:
     lines = [f"{info['path']}: {len(info['groups'])} teacher group(s), {info['bytes'] / 1e6:.2f} MB"]
     for g in info["groups"]:
+        if "top_k" in g:
+            size = f"sparse top-{g['top_k']}: {g['sparse_bytes_per_caption']:.1f} B/caption"
+        else:
+            size = f"{g['similarity_bytes_per_entry']:.3f} B/similarity"
         lines.append(
             f"  {g['name']}: {g['kind']}, {g['texts']} texts x {g['videos']} videos x {g['frames_per_video']} frames, "
-            f"{'complete' if g['complete'] else 'INCOMPLETE'}, {g['bytes'] / 1e6:.2f} MB "
-            f"({g['similarity_bytes_per_entry']:.3f} B/similarity)"
+            f"{'complete' if g['complete'] else 'INCOMPLETE'}, {g['bytes'] / 1e6:.2f} MB ({size})"
         )
         lines.append(f"    fingerprint {g['fingerprint']}")
+        if "top_k" in g:
+            lines.append(f"    dense       {g['dense_fingerprint']}")
         lines.append(f"    frames      {g['frames_fingerprint']}")
         lines.append(f"    manifest    {g['manifest_fingerprint']}")
         lines.append(f"    checkpoint  {g['checkpoint_sha256'] or '(none: pretrained/zero-shot weights)'}")
@@ -470,6 +547,8 @@ def export_hdf5(path: str | Path, h5_path: str | Path) -> list[str]:
     groups = [path] if cache.read_group_attributes(path) is not None else [path / n for n in cache.group_names(path)]
     if not groups:
         raise SharingError(f"{path}: no teacher cache groups to export")
+    for group_path in groups:
+        _refuse_sparse(cache.read_group_attributes(group_path), str(group_path))
     tmp = h5_path.with_name(h5_path.name + ".tmp")
     with h5py.File(tmp, "w", track_order=True) as h5:
         h5.attrs.update(cache.ROOT_ATTRIBUTES)
@@ -477,6 +556,17 @@ def export_hdf5(path: str | Path, h5_path: str | Path) -> list[str]:
             _export_group(h5, group_path)
     tmp.replace(h5_path)
     return [g.name for g in groups]
+
+
+def _refuse_sparse(attrs: dict[str, Any], where: str) -> None:
+    """HDF5 interchange carries dense groups only; sparse groups travel by push/pull (byte for byte)."""
+    if "sparse" in attrs:
+        top_k = attrs["sparse"].get("top_k") if isinstance(attrs["sparse"], dict) else "?"
+        raise SharingError(
+            f"{where}: a sparse teacher cache group (top-{top_k}); HDF5 export/import "
+            f"handles dense groups only: share sparse groups with `teach cache push` / `teach cache pull` "
+            f"(or export the dense group and run `teach cache sparsify` after importing it)"
+        )
 
 
 def _export_group(h5: Any, group_path: Path) -> None:
@@ -521,6 +611,7 @@ def import_hdf5(h5_path: str | Path, path: str | Path, overwrite: bool = False) 
             if HDF5_ATTRIBUTES not in h5[name].attrs:
                 raise SharingError(f"{h5_path}: group {name!r} has no {HDF5_ATTRIBUTES} attribute (not a teachclip export)")
             attrs = json.loads(h5[name].attrs[HDF5_ATTRIBUTES])
+            _refuse_sparse(attrs, f"{h5_path}: group {name!r}")
             existing = cache.read_group_attributes(out / name)
             if existing is not None and existing["fingerprint"] != attrs["fingerprint"] and not overwrite:
                 raise SharingError(
