@@ -242,7 +242,8 @@ class Params(Section):
     train_student: TrainStudentConfig = TrainStudentConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     students: dict[str, StudentVariant] = {}
-    # Free-form paths used by dvc.yaml (``${paths.frames}``); not read by the library itself.
+    # Free-form paths for a dvc.yaml (pipelines/msrvtt/dvc.yaml reads ``${paths.frames}`` ...); not
+    # read by the library itself.
     paths: dict[str, str] = {}
 
 
