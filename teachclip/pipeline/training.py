@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -347,6 +348,31 @@ def load_training_state(
     if restore_rng:
         restore_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, document["rng"])
     return {"epoch": document["epoch"], "step": document["step"], "extra": document["extra"]}
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
+    """A resume must continue the same run: same data, model and weight-relevant settings."""
+    differences = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    if differences:
+        details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}" for key in differences)
+        raise ValueError(f"{checkpoint} belongs to a different run ({details}); drop --resume to start over")
+
+
+def start_or_resume(
+    out: str | Path, checkpoint: Path, identity: dict[str, Any], resume: bool, *,
+    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
+    announce: bool = True,
+) -> tuple[int, int, MetricsLog]:
+    """(first epoch, step, metrics log) of a training run: after the last completed epoch saved in
+    ``checkpoint`` when ``resume`` (refusing the state of another run, see :func:`check_same_run`;
+    model, optimizer, schedule, scaler and RNG restored), else from the start."""
+    if resume and has_training_state(checkpoint):
+        state = load_training_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+        check_same_run(state["extra"]["identity"], identity, checkpoint)
+        return state["epoch"], state["step"], MetricsLog(out, state["extra"]["history"])
+    if resume and announce:
+        print(f"note: no training state in {checkpoint}; starting from epoch 1", file=sys.stderr)
+    return 0, 0, MetricsLog(out)
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

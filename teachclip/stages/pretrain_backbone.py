@@ -39,21 +39,19 @@ from teachclip.models.losses import info_nce
 from teachclip.pipeline.config import ComputeConfig, PretrainBackboneConfig
 from teachclip.pipeline.manifest import load_manifest
 from teachclip.pipeline.training import (
-    MetricsLog,
     RunningLosses,
     build_optimizer,
     grad_scaler,
-    has_training_state,
-    load_training_state,
     optimizer_step,
     save_training_state,
     seed_everything,
+    start_or_resume,
     training_progress,
     warmup_cosine,
 )
 from teachclip.stages.demo_data import META_FILE, TEMPLATES, ObjectSpec, compose_caption
 from teachclip.stages.evaluate import open_frames_for
-from teachclip.stages.train_teacher import CHECKPOINT_DIR, check_same_run
+from teachclip.stages.train_teacher import CHECKPOINT_DIR
 from teachclip.video import uniform_picks
 
 WEIGHTS_FILE = "clip.safetensors"
@@ -165,11 +163,8 @@ def pretrain_backbone(
     identity = {"train": config.model_dump(mode="json"), "frames_fingerprint": store.fingerprint}
     if not resume and checkpoint.exists():
         shutil.rmtree(checkpoint)
-    log, start_epoch, step = MetricsLog(out), 0, 0
-    if resume and has_training_state(checkpoint):
-        state = load_training_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-        check_same_run(state["extra"]["identity"], identity, checkpoint)
-        start_epoch, step, log = state["epoch"], state["step"], MetricsLog(out, state["extra"]["history"])
+    start_epoch, step, log = start_or_resume(out, checkpoint, identity, resume, model=model, optimizer=optimizer,
+                                             scheduler=scheduler, scaler=scaler)
 
     with training_progress(progress) as bar:
         for epoch in range(start_epoch, config.epochs):

@@ -66,24 +66,22 @@ from teachclip.pipeline.config import (
 )
 from teachclip.pipeline.manifest import load_manifest
 from teachclip.pipeline.training import (
-    MetricsLog,
     RunningLosses,
     TrainingSet,
     build_optimizer,
     caption_per_video_batches,
     frames_batches,
     grad_scaler,
-    has_training_state,
-    load_training_state,
     optimizer_step,
     save_training_state,
     seed_everything,
+    start_or_resume,
     training_progress,
     training_set,
     warmup_cosine,
 )
 from teachclip.stages.evaluate import evaluate_split, open_frames_for
-from teachclip.stages.train_teacher import CHECKPOINT_DIR, RESUME_FREE_FIELDS, check_same_run
+from teachclip.stages.train_teacher import CHECKPOINT_DIR, RESUME_FREE_FIELDS
 
 TEST_COLUMNS = ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "v2t_R1", "v2t_R5", "v2t_R10")
 
@@ -403,15 +401,8 @@ def train_student(
     }
     if rank == 0 and not resume and checkpoint.exists():
         shutil.rmtree(checkpoint)  # a fresh run never mixes with an old state
-    log = MetricsLog(out)
-    start_epoch, step = 0, 0
-    if resume and has_training_state(checkpoint):
-        state = load_training_state(checkpoint, model=student, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-        check_same_run(state["extra"]["identity"], identity, checkpoint)
-        start_epoch, step = state["epoch"], state["step"]
-        log = MetricsLog(out, state["extra"]["history"])
-    elif resume and rank == 0:
-        print(f"note: no training state in {checkpoint}; starting from epoch 1")
+    start_epoch, step, log = start_or_resume(out, checkpoint, identity, resume, model=student, optimizer=optimizer,
+                                             scheduler=scheduler, scaler=scaler, announce=rank == 0)
 
     with training_progress(progress and rank == 0) as bar:
         for epoch in range(start_epoch, config.epochs):

@@ -21,7 +21,6 @@ meanP baseline the teachers are compared with in the slow test).
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +33,15 @@ from teachclip.models.teachers import TRAINABLE_KINDS, Teacher, build_teacher, s
 from teachclip.pipeline.config import ComputeConfig, EvaluateConfig, TeacherConfig, TrainTeacherConfig
 from teachclip.pipeline.manifest import Manifest, load_manifest
 from teachclip.pipeline.training import (
-    MetricsLog,
     RunningLosses,
     build_optimizer,
     caption_per_video_batches,
     frames_batches,
     grad_scaler,
-    has_training_state,
-    load_training_state,
     optimizer_step,
     save_training_state,
     seed_everything,
+    start_or_resume,
     training_progress,
     training_set,
     warmup_cosine,
@@ -117,15 +114,8 @@ def train_contrastive(
     steps_per_epoch = len(caption_per_video_batches(data.captions_of_video, config.batch_size, config.seed, 0))
     scheduler = warmup_cosine(optimizer, steps_per_epoch * config.epochs, config.warmup_fraction)
     scaler = grad_scaler(device, amp)
-    log = MetricsLog(out)
-    start_epoch, step = 0, 0
-    if resume and has_training_state(checkpoint):
-        state = load_training_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-        check_same_run(state["extra"]["identity"], identity, checkpoint)
-        start_epoch, step = state["epoch"], state["step"]
-        log = MetricsLog(out, state["extra"]["history"])
-    elif resume:
-        print(f"note: no training state in {checkpoint}; starting from epoch 1", file=sys.stderr)
+    start_epoch, step, log = start_or_resume(out, checkpoint, identity, resume, model=model, optimizer=optimizer,
+                                             scheduler=scheduler, scaler=scaler)
 
     with training_progress(progress) as bar:
         for epoch in range(start_epoch, config.epochs):
@@ -158,14 +148,6 @@ def train_contrastive(
             save_training_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                 epoch=epoch + 1, step=step, extra={"identity": identity, "history": log.rows})
     return log.rows
-
-
-def check_same_run(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
-    """A resume must continue the same run: same data, model and weight-relevant settings."""
-    differences = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
-    if differences:
-        details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}" for key in differences)
-        raise ValueError(f"{checkpoint} belongs to a different run ({details}); drop --resume to start over")
 
 
 def run_identity(config: TrainTeacherConfig, model_config: dict[str, Any], store) -> dict[str, Any]:
