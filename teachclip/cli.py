@@ -595,7 +595,7 @@ def evaluate_command(
     from teachclip.models.io import CheckpointError
     from teachclip.pipeline.config import override
     from teachclip.pipeline.manifest import ManifestError
-    from teachclip.stages.evaluate import evaluate
+    from teachclip.stages.evaluate import evaluate_many
 
     params = load()
     if len(model) > 1 and dump_similarity is not None:
@@ -606,11 +606,12 @@ def evaluate_command(
     try:
         config = override(params.evaluate, split=split)
         compute = override(params.compute, device=device)
-        for path in model:  # one process for all of them: no interpreter and torch start-up per model
-            target = out if len(model) == 1 else out / f"{path.resolve().name}.json"
-            metrics = evaluate(path, frames, manifest, target, config, compute, dump_similarity=dump_similarity)
-            if len(model) == 1:
-                typer.echo(" ".join(f"{key}={value:g}" for key, value in metrics.items()))
+        # one process for all of them: no start-up, manifest fingerprint or store opening per model
+        targets = [out] if len(model) == 1 else [out / f"{name}.json" for name in names]
+        results = evaluate_many(list(zip(model, targets, strict=True)), frames, manifest, config, compute,
+                                dump_similarity=dump_similarity)
+        if len(model) == 1:
+            typer.echo(" ".join(f"{key}={value:g}" for key, value in results[0].items()))
     except (ConfigError, ManifestError, FramesStoreError, CheckpointError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
 

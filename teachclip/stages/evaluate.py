@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,28 +137,46 @@ def evaluate(
     dump_similarity: str | Path | None = None,
 ) -> dict[str, float]:
     """Load a saved student or teacher, evaluate it on ``config.split``, write ``out`` (JSON metrics)."""
+    return evaluate_many([(model_dir, out)], frames, manifest_dir, config, compute, dump_similarity)[0]
+
+
+def evaluate_many(
+    models: Sequence[tuple[str | Path, str | Path]],
+    frames: str | Path,
+    manifest_dir: str | Path,
+    config: EvaluateConfig,
+    compute: ComputeConfig,
+    dump_similarity: str | Path | None = None,
+) -> list[dict[str, float]]:
+    """:func:`evaluate` for several (model directory, metrics file) pairs: the manifest is read, its
+    fingerprint checked against the store and the store opened once for all of them."""
     from teachclip.models.io import load_model, read_config
 
-    kind = read_config(model_dir)["kind"]
+    if dump_similarity is not None and len(models) != 1:
+        raise ValueError("dump_similarity takes exactly one model")
     manifest = load_manifest(manifest_dir)
     store = open_frames_for(frames, manifest)
     device = pick_device(compute.device)
-    model = load_model(model_dir, device)
-    if hasattr(model, "bind_manifest"):  # teachers may read the dataset (caption-similarity teacher)
-        model.bind_manifest(manifest)
-    evaluation = evaluate_split(model, store, manifest, config, device)
-    if evaluation.excluded_video_ids:
-        shown = ", ".join(evaluation.excluded_video_ids[:5])
-        more = "" if len(evaluation.excluded_video_ids) <= 5 else f" (+{len(evaluation.excluded_video_ids) - 5})"
-        print(f"note: {len(evaluation.excluded_video_ids)} {config.split} video(s) failed to decode and were "
-              f"left out: {shown}{more}", file=sys.stderr)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(evaluation.metrics, indent=2, sort_keys=True) + "\n"
-    atomic_write(out, lambda tmp: tmp.write_text(text))
-    if dump_similarity is not None:
-        save_similarity(dump_similarity, evaluation)
-    print(f"{kind} {model_dir} on {config.split}: t2v R@1 {evaluation.metrics['t2v_R1']:.1f} "
-          f"R@5 {evaluation.metrics['t2v_R5']:.1f} R@10 {evaluation.metrics['t2v_R10']:.1f} | "
-          f"v2t R@1 {evaluation.metrics['v2t_R1']:.1f}", file=sys.stderr)
-    return evaluation.metrics
+    results = []
+    for model_dir, out in models:
+        kind = read_config(model_dir)["kind"]
+        model = load_model(model_dir, device)
+        if hasattr(model, "bind_manifest"):  # teachers may read the dataset (caption-similarity teacher)
+            model.bind_manifest(manifest)
+        evaluation = evaluate_split(model, store, manifest, config, device)
+        if evaluation.excluded_video_ids:
+            shown = ", ".join(evaluation.excluded_video_ids[:5])
+            more = "" if len(evaluation.excluded_video_ids) <= 5 else f" (+{len(evaluation.excluded_video_ids) - 5})"
+            print(f"note: {len(evaluation.excluded_video_ids)} {config.split} video(s) failed to decode and were "
+                  f"left out: {shown}{more}", file=sys.stderr)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(evaluation.metrics, indent=2, sort_keys=True) + "\n"
+        atomic_write(out, lambda tmp, text=text: tmp.write_text(text))
+        if dump_similarity is not None:
+            save_similarity(dump_similarity, evaluation)
+        print(f"{kind} {model_dir} on {config.split}: t2v R@1 {evaluation.metrics['t2v_R1']:.1f} "
+              f"R@5 {evaluation.metrics['t2v_R5']:.1f} R@10 {evaluation.metrics['t2v_R10']:.1f} | "
+              f"v2t R@1 {evaluation.metrics['v2t_R1']:.1f}", file=sys.stderr)
+        results.append(evaluation.metrics)
+    return results
