@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from teachclip.models.backbone import Backbone, autocast, pick_device
 from teachclip.models.losses import info_nce
+from teachclip.models.metrics import retrieval_metrics
 from teachclip.pipeline.config import ComputeConfig, PretrainBackboneConfig
 from teachclip.pipeline.manifest import load_manifest
 from teachclip.pipeline.training import (
@@ -118,10 +119,8 @@ def held_out_recall(model: Backbone, pairs: FramePairs, captions: list[str], dev
             images.append(F.normalize(model.encode_images(pairs.pixels[start : start + batch]).float(), dim=-1))
             tokens = model.tokenize(captions[start : start + batch]).to(device)
             texts.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
-    scores = torch.cat(texts) @ torch.cat(images).T
-    own = scores.diagonal()[:, None]
-    rank = (scores >= own).sum(dim=1)  # 1 = the own frame beats every other one
-    return {"heldout_R1": float((rank <= 1).float().mean() * 100), "heldout_R5": float((rank <= 5).float().mean() * 100)}
+    metrics = retrieval_metrics(torch.cat(texts) @ torch.cat(images).T, np.arange(len(captions)))
+    return {"heldout_R1": metrics["t2v_R1"], "heldout_R5": metrics["t2v_R5"]}
 
 
 def pretrain_backbone(
