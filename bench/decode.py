@@ -33,9 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from teachclip.pipeline.config import ComputeConfig, DecodeConfig, DemoConfig
-from teachclip.pipeline.manifest import write_manifest
-from teachclip.pipeline.parallel import dask_client
+from teachclip.core.config import ComputeConfig, DecodeConfig, DemoConfig
+from teachclip.core.manifest import write_manifest
+from teachclip.core.parallel import dask_client
 from teachclip.stages.decode import decode
 from teachclip.video import ffmpeg_binary_path, ffmpeg_version
 
@@ -68,7 +68,7 @@ def make_demo(directory: Path, videos: int) -> Path:
 
 
 def manifest_files(manifest: Path) -> list[Path]:
-    from teachclip.pipeline.manifest import load_manifest
+    from teachclip.core.manifest import load_manifest
 
     return [video.path for video in load_manifest(manifest).videos]
 

@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-from teachclip.pipeline.config import (
+from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
@@ -50,7 +50,7 @@ VARIANTS = {
 
 
 def prepare(workdir: Path, videos: int, teacher_epochs: int, audit_top_k: int) -> None:
-    from teachclip.stages.audit_captions import audit_captions
+    from teachclip.tools.audit_captions import audit_captions
     from teachclip.stages.decode import decode
     from teachclip.stages.demo_data import generate_demo
     from teachclip.stages.extract_teachers import extract_teachers, resolve_teachers
@@ -80,7 +80,7 @@ def prepare(workdir: Path, videos: int, teacher_epochs: int, audit_top_k: int) -
 
 
 def run(workdir: Path, variants: list[str], seeds: list[int], epochs: int, sparse_top_k: int) -> dict:
-    from teachclip.cache.sparse import sparsify
+    from teachclip.stores.sparse import sparsify
     from teachclip.stages.train_student import train_student
 
     results_path = workdir / "results.json"

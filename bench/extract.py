@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teachclip.cache import teachers as cache
-from teachclip.cache.frames import FramesStore
-from teachclip.cache.zarr_io import partial_path, tree_bytes
+from teachclip.stores import teachers as cache
+from teachclip.stores.frames import FramesStore
+from teachclip.stores.zarr_io import partial_path, tree_bytes
 from teachclip.models.backbone import autocast, pick_device
-from teachclip.pipeline.config import (
+from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
@@ -50,7 +50,7 @@ from teachclip.pipeline.config import (
     TeacherConfig,
     TrainStudentConfig,
 )
-from teachclip.pipeline.manifest import load_manifest
+from teachclip.core.manifest import load_manifest
 
 
 def build_inputs(workdir: Path, args: argparse.Namespace) -> tuple[Path, Path, Path]:
@@ -176,7 +176,7 @@ def student_step_seconds(manifest_dir: Path, frames_path: Path, batch_size: int,
                          device: torch.device) -> float:
     """Median seconds of one CLIP4Clip+AFA InfoNCE training step (forward, loss, backward, AdamW)."""
     from teachclip.models.student import Student
-    from teachclip.pipeline.training import build_optimizer, caption_per_video_batches, training_set
+    from teachclip.training import build_optimizer, caption_per_video_batches, training_set
     from teachclip.stages.train_student import SoftLabels, StudentStep, batch_losses
 
     store = FramesStore.open(frames_path)

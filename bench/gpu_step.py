@@ -37,8 +37,8 @@ from teachclip.models.backbone import autocast, pick_device
 from teachclip.models.student import Student
 from teachclip.models.teachers import TEACHERS
 from teachclip.models.teachers.base import cat_features, slice_features
-from teachclip.pipeline.config import StudentConfig, TeacherConfig, TrainStudentConfig
-from teachclip.pipeline.training import build_optimizer, grad_scaler
+from teachclip.core.config import StudentConfig, TeacherConfig, TrainStudentConfig
+from teachclip.training import build_optimizer, grad_scaler
 from teachclip.stages.extract_teachers import sub_block
 from teachclip.stages.train_student import SoftLabels, StudentStep, batch_losses
 

@@ -38,12 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teachclip.cache.frames import FramesStore
+from teachclip.stores.frames import FramesStore
 from teachclip.models.backbone import pick_device
 from teachclip.models.io import save_model
 from teachclip.models.student import Student
 from teachclip.models.teachers import build_teacher
-from teachclip.pipeline.config import (
+from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
@@ -51,7 +51,7 @@ from teachclip.pipeline.config import (
     StudentConfig,
     TeacherConfig,
 )
-from teachclip.stages.search import Searcher, SearchIndex, build_index
+from teachclip.tools.search import Searcher, SearchIndex, build_index
 
 TOP_K = 10
 TEACHER_BLOCK = 8192

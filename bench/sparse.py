@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from teachclip.cache import teachers as cache
-from teachclip.cache.sparse import dense_bytes, sparse_bytes, sparsify
-from teachclip.cache.zarr_io import tree_bytes
+from teachclip.stores import teachers as cache
+from teachclip.stores.sparse import dense_bytes, sparse_bytes, sparsify
+from teachclip.stores.zarr_io import tree_bytes
 
 GIB = 1 << 30
 

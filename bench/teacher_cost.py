@@ -14,7 +14,7 @@ import torch
 
 from teachclip.models.teachers import build_teacher
 from teachclip.models.teachers.common import normalize
-from teachclip.pipeline.config import TeacherConfig
+from teachclip.core.config import TeacherConfig
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:

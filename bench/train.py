@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from teachclip.cache.frames import FramesStore
+from teachclip.stores.frames import FramesStore
 from teachclip.models.backbone import autocast, pick_device
 from teachclip.models.student import Student
 from teachclip.models.teachers import build_teacher
-from teachclip.pipeline.config import (
+from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
@@ -47,8 +47,8 @@ from teachclip.pipeline.config import (
     TeacherConfig,
     TrainStudentConfig,
 )
-from teachclip.pipeline.manifest import load_manifest
-from teachclip.pipeline.training import build_optimizer, caption_per_video_batches, training_set
+from teachclip.core.manifest import load_manifest
+from teachclip.training import build_optimizer, caption_per_video_batches, training_set
 from teachclip.stages.train_student import (
     SoftLabels,
     StudentStep,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from teachclip.cache import teachers as cache
+from teachclip.stores import teachers as cache
 from teachclip.cli import app
-from teachclip.pipeline.config import (
+from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
@@ -20,10 +20,10 @@ from teachclip.pipeline.config import (
     StudentConfig,
     TrainStudentConfig,
 )
-from teachclip.pipeline.manifest import load_manifest, write_manifest
-from teachclip.pipeline.training import training_set
+from teachclip.core.manifest import load_manifest, write_manifest
+from teachclip.training import training_set
 from teachclip.stages import train_student as train_student_module
-from teachclip.stages.audit_captions import (
+from teachclip.tools.audit_captions import (
     AuditError,
     audit_captions,
     load_caption_mask,

@@ -4,7 +4,7 @@ import torch
 
 from teachclip.models.backbone import Backbone
 from teachclip.models.teachers import build_teacher, save_teacher
-from teachclip.pipeline.config import BackboneConfig, TeacherConfig
+from teachclip.core.config import BackboneConfig, TeacherConfig
 
 
 def test_a_saved_teacher_file_initialises_a_backbone(tmp_path: Path):

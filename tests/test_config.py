@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from teachclip.pipeline.config import ConfigError, DecodeConfig, Params, load_params, override
+from teachclip.core.config import ConfigError, DecodeConfig, Params, load_params, override
 
 
 def test_missing_file_gives_defaults(tmp_path: Path):
@@ -57,7 +57,7 @@ def test_repository_params_file_is_valid():
 
 
 def test_student_variants_override_student_sections(tmp_path: Path):
-    from teachclip.pipeline.config import with_variant
+    from teachclip.core.config import with_variant
 
     path = tmp_path / "params.yaml"
     path.write_text(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from teachclip.pipeline.manifest import ManifestError, load_manifest
+from teachclip.core.manifest import ManifestError, load_manifest
 from teachclip.stages.datasets import prepare_dataset, read_caption_pickle
 
 # ---- helpers ---------------------------------------------------------------------------------------

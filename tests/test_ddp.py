@@ -28,9 +28,9 @@ def first_batch_loss_and_gradients(manifest_dir, frames, caches, out_file):
     from safetensors.torch import save_file
 
     from teachclip.models.student import Student
-    from teachclip.pipeline.config import BackboneConfig, StudentConfig, TrainStudentConfig
-    from teachclip.pipeline.manifest import load_manifest
-    from teachclip.pipeline.training import caption_per_video_batches, training_set
+    from teachclip.core.config import BackboneConfig, StudentConfig, TrainStudentConfig
+    from teachclip.core.manifest import load_manifest
+    from teachclip.training import caption_per_video_batches, training_set
     from teachclip.stages.evaluate import open_frames_for
     from teachclip.stages.train_student import (
         StudentStep,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import zarr
 
-from teachclip.cache.frames import FramesStore, FramesStoreError, StoreMismatchError
-from teachclip.cache.zarr_io import PROGRESS_DIR, partial_path
-from teachclip.pipeline.config import ComputeConfig, DecodeConfig, DemoConfig
-from teachclip.pipeline.manifest import load_manifest, write_manifest
+from teachclip.stores.frames import FramesStore, FramesStoreError, StoreMismatchError
+from teachclip.stores.zarr_io import PROGRESS_DIR, partial_path
+from teachclip.core.config import ComputeConfig, DecodeConfig, DemoConfig
+from teachclip.core.manifest import load_manifest, write_manifest
 from teachclip.stages import decode as decode_module
 from teachclip.stages.decode import TooManyFailuresError, decode, frames_fingerprint, sampling_config
 from teachclip.video import ffmpeg_binary_path, sample_frames

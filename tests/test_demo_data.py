@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from teachclip.cli import app
-from teachclip.pipeline.config import ConfigError, DemoConfig
-from teachclip.pipeline.manifest import load_manifest
+from teachclip.core.config import ConfigError, DemoConfig
+from teachclip.core.manifest import load_manifest
 from teachclip.stages.demo_data import (
     COLOURS,
     DIRECTIONS,

@@ -8,14 +8,14 @@ import torch
 from test_train_teacher import MICRO, make_frames_dataset
 from typer.testing import CliRunner
 
-from teachclip.cache.frames import FramesStore, StoreMismatchError
+from teachclip.stores.frames import FramesStore, StoreMismatchError
 from teachclip.cli import app
 from teachclip.models.io import save_model
 from teachclip.models.metrics import retrieval_metrics
 from teachclip.models.student import Student
 from teachclip.models.teachers import build_teacher, save_teacher
-from teachclip.pipeline.config import ComputeConfig, EvaluateConfig, StudentConfig, TeacherConfig
-from teachclip.pipeline.manifest import load_manifest, write_manifest
+from teachclip.core.config import ComputeConfig, EvaluateConfig, StudentConfig, TeacherConfig
+from teachclip.core.manifest import load_manifest, write_manifest
 from teachclip.stages.evaluate import evaluate
 
 CONFIG = EvaluateConfig(batch_videos=3, batch_texts=4, block_texts=3, block_videos=2)
@@ -124,8 +124,8 @@ def test_cli_evaluate(dataset, tmp_path):
 
 def test_frames_store_records_its_manifest_fingerprint_mode(dataset, tmp_path, monkeypatch):
     """Readers recompute only the mode decode used: "stat" never hashes the video files."""
-    from teachclip.pipeline.config import DecodeConfig
-    from teachclip.pipeline.manifest import Manifest
+    from teachclip.core.config import DecodeConfig
+    from teachclip.core.manifest import Manifest
     from teachclip.stages.decode import decode
     from teachclip.stages.evaluate import open_frames_for
 

@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from teachclip.cache.frames import FramesStore
+from teachclip.stores.frames import FramesStore
 from teachclip.cli import app
 from teachclip.models.io import load_model, save_model
 from teachclip.models.student import Student
-from teachclip.pipeline.config import BackboneConfig, StudentConfig
-from teachclip.pipeline.manifest import load_manifest
-from teachclip.stages.export import export_student
+from teachclip.core.config import BackboneConfig, StudentConfig
+from teachclip.core.manifest import load_manifest
+from teachclip.tools.export import export_student
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "export-and-search.md"
 MICRO = BackboneConfig(name="teachclip-micro", precision="fp32")
@@ -97,7 +97,7 @@ def test_export_files_are_plain_open_clip_weights(data, tmp_path):
 
 def test_export_refuses_a_teacher_and_missing_models(tmp_path):
     from teachclip.models.teachers import build_teacher, save_teacher
-    from teachclip.pipeline.config import TeacherConfig
+    from teachclip.core.config import TeacherConfig
 
     save_teacher(build_teacher(TeacherConfig(kind="xpool", backbone=MICRO)), tmp_path / "teacher")
     with pytest.raises(ValueError, match="not a student"):

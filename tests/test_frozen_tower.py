@@ -10,14 +10,14 @@ import zarr
 from test_train_teacher import MICRO, make_frames_dataset
 from typer.testing import CliRunner
 
-from teachclip.cache.frames import FrameFeaturesStore, FramesStore, FramesStoreError, StoreMismatchError
-from teachclip.cache.zarr_io import done_units, partial_path
+from teachclip.stores.frames import FrameFeaturesStore, FramesStore, FramesStoreError, StoreMismatchError
+from teachclip.stores.zarr_io import done_units, partial_path
 from teachclip.cli import app
 from teachclip.models.backbone import Backbone
 from teachclip.models.io import save_model
 from teachclip.models.student import Student
 from teachclip.models.teachers import build_teacher
-from teachclip.pipeline.config import (
+from teachclip.core.config import (
     ComputeConfig,
     EvaluateConfig,
     PretrainBackboneConfig,
@@ -26,7 +26,7 @@ from teachclip.pipeline.config import (
     TrainStudentConfig,
     TrainTeacherConfig,
 )
-from teachclip.pipeline.manifest import load_manifest
+from teachclip.core.manifest import load_manifest
 from teachclip.stages.demo_data import META_FILE
 from teachclip.stages.encode_frames import encode_frames
 from teachclip.stages.evaluate import evaluate_split

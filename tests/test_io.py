@@ -11,7 +11,7 @@ from teachclip.models import io
 from teachclip.models.backbone import load_state_dict_safely
 from teachclip.models.io import CheckpointError, load_model, read_config, register_kind, save_model
 from teachclip.models.student import Student
-from teachclip.pipeline.config import BackboneConfig, StudentConfig
+from teachclip.core.config import BackboneConfig, StudentConfig
 
 
 class _Tied(nn.Module):

@@ -116,7 +116,7 @@ def test_margin_loss_averages_teachers_and_checks_arguments():
 def test_train_student_adds_the_terms_with_their_weights():
     from types import SimpleNamespace
 
-    from teachclip.pipeline.config import TrainStudentConfig
+    from teachclip.core.config import TrainStudentConfig
     from teachclip.stages.train_student import SoftLabels, batch_losses, loss_weights
 
     config = TrainStudentConfig(weight_nce=0.5, weight_coarse=0.0, weight_relational=2.0, weight_margin=3.0,

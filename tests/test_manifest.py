@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from teachclip.pipeline.manifest import ManifestError, load_manifest, write_manifest
+from teachclip.core.manifest import ManifestError, load_manifest, write_manifest
 
 VIDEOS = "video_id,path,split\nv1,videos/v1.mp4,train\nv2,videos/v2.mp4,test\n"
 CAPTIONS = "caption_id,video_id,text\nc1,v1,a red circle\nc2,v1,a crimson disc\nc3,v2,a blue square\n"

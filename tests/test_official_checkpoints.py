@@ -33,7 +33,7 @@ from teachclip.models.teachers.official import (
     convert_official_state_dict,
     detect_kind,
 )
-from teachclip.pipeline.config import TeacherConfig
+from teachclip.core.config import TeacherConfig
 
 WIDTH, EMBED, LAYERS, HEADS, PATCH, IMAGE, CONTEXT, VOCAB = 64, 64, 2, 2, 8, 32, 77, 49408
 PATCHES = (IMAGE // PATCH) ** 2

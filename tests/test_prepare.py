@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from teachclip.cli import app
-from teachclip.pipeline.manifest import load_manifest
+from teachclip.core.manifest import load_manifest
 from teachclip.stages.prepare import PrepareError, prepare_csv
 
 

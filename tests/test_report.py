@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from teachclip.cli import app
-from teachclip.pipeline.config import Params, StudentVariant
+from teachclip.core.config import Params, StudentVariant
 from teachclip.stages.report import ReportError, report
 
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from teachclip.cache.frames import FramesStore
+from teachclip.stores.frames import FramesStore
 from teachclip.cli import app
 from teachclip.models.io import load_model, save_model
 from teachclip.models.student import Student
-from teachclip.pipeline.config import BackboneConfig, StudentConfig
-from teachclip.pipeline.manifest import load_manifest
-from teachclip.stages.search import Searcher, SearchIndex, SearchIndexError, build_index, model_fingerprint
+from teachclip.core.config import BackboneConfig, StudentConfig
+from teachclip.core.manifest import load_manifest
+from teachclip.tools.search import Searcher, SearchIndex, SearchIndexError, build_index, model_fingerprint
 
 MICRO = BackboneConfig(name="teachclip-micro", precision="fp32")
 

@@ -17,11 +17,11 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from teachclip.cache import sharing
-from teachclip.cache import teachers as cache
-from teachclip.cache.zarr_io import partial_path
+from teachclip.stores import sharing
+from teachclip.stores import teachers as cache
+from teachclip.stores.zarr_io import partial_path
 from teachclip.cli import app
-from teachclip.pipeline.config import (
+from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
@@ -240,7 +240,7 @@ def test_cli_export_import(tmp_path):
 def sparse_store(tmp_path: Path, top_k: int = 3) -> tuple[Path, Path, Path]:
     """A store with a dense group ``teacher`` and its sparse top-k group ``teacher-sparse`` (10 captions
     x 7 videos, 3 chunks per sparse array). Returns (store, dense group, sparse group)."""
-    from teachclip.cache.sparse import sparsify
+    from teachclip.stores.sparse import sparsify
 
     store = tmp_path / "teachers.zarr"
     dense = synthetic_cache(store)

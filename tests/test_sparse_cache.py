@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from teachclip.cache import teachers as cache
-from teachclip.cache.sparse import (
+from teachclip.stores import teachers as cache
+from teachclip.stores.sparse import (
     SparseTeacherCacheGroup,
     known_fraction,
     neighbourhood_batches,
@@ -19,7 +19,7 @@ from teachclip.cache.sparse import (
     training_neighbours,
 )
 from teachclip.cli import app
-from teachclip.pipeline.config import (
+from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
@@ -29,7 +29,7 @@ from teachclip.pipeline.config import (
     TeacherWeight,
     TrainStudentConfig,
 )
-from teachclip.pipeline.training import caption_per_video_batches
+from teachclip.training import caption_per_video_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,8 +159,8 @@ def test_neighbourhood_batches_know_most_in_batch_scores(tmp_path):
 
 
 def test_train_student_runs_on_a_sparse_cache_with_the_neighbourhood_sampler(tmp_path, monkeypatch):
-    from teachclip.pipeline.manifest import load_manifest
-    from teachclip.pipeline.training import training_set
+    from teachclip.core.manifest import load_manifest
+    from teachclip.training import training_set
     from teachclip.stages import train_student as train_student_module
     from teachclip.stages.decode import decode
     from teachclip.stages.demo_data import generate_demo

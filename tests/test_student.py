@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from teachclip.models.afa import masked_softmax
 from teachclip.models.student import Student
-from teachclip.pipeline.config import BackboneConfig, StudentConfig
+from teachclip.core.config import BackboneConfig, StudentConfig
 
 V, T, DIM = 3, 4, 32
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from teachclip.cache import teachers as cache
-from teachclip.cache.frames import FramesStore
-from teachclip.cache.sharing import sha256_tree, verify_store
-from teachclip.cache.zarr_io import PROGRESS_DIR, partial_path
-from teachclip.pipeline.config import (
+from teachclip.stores import teachers as cache
+from teachclip.stores.frames import FramesStore
+from teachclip.stores.sharing import sha256_tree, verify_store
+from teachclip.stores.zarr_io import PROGRESS_DIR, partial_path
+from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
@@ -27,8 +27,8 @@ from teachclip.pipeline.config import (
     ExtractConfig,
     TeacherConfig,
 )
-from teachclip.pipeline.fingerprint import sha256_file
-from teachclip.pipeline.manifest import load_manifest
+from teachclip.core.fingerprint import sha256_file
+from teachclip.core.manifest import load_manifest
 from teachclip.stages import extract_teachers as stage
 from teachclip.stages.decode import decode
 from teachclip.stages.demo_data import generate_demo

@@ -13,8 +13,8 @@ from teachclip.models.teachers import build_teacher, load_teacher, save_teacher
 from teachclip.models.teachers.base import Teacher, cat_features, slice_features
 from teachclip.models.teachers.ts2net import PerturbedTopK, TokenSelector, temporal_shift
 from teachclip.models.teachers.xclip import aosm
-from teachclip.pipeline.config import TeacherConfig
-from teachclip.pipeline.manifest import load_manifest, write_manifest
+from teachclip.core.config import TeacherConfig
+from teachclip.core.manifest import load_manifest, write_manifest
 
 CLIP_KINDS = ["xpool", "xclip", "ts2net", "frame_clip"]
 TEXTS = ["a red ball rolls to the left", "a cat", "the blue square moves up and down slowly", "two dogs"]

@@ -13,12 +13,12 @@ import zarr
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from teachclip.cache.teachers import TeacherCacheError
+from teachclip.stores.teachers import TeacherCacheError
 from teachclip.cli import app
 from teachclip.models.io import load_model
 from teachclip.models.losses import coarse_pearson, fine_ce, info_nce
 from teachclip.models.student import Student
-from teachclip.pipeline.config import (
+from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
@@ -30,8 +30,8 @@ from teachclip.pipeline.config import (
     TeacherWeight,
     TrainStudentConfig,
 )
-from teachclip.pipeline.manifest import load_manifest
-from teachclip.pipeline.training import caption_per_video_batches, frames_batches, training_set
+from teachclip.core.manifest import load_manifest
+from teachclip.training import caption_per_video_batches, frames_batches, training_set
 from teachclip.stages import train_student as train_student_module
 from teachclip.stages.train_student import (
     StudentStep,
@@ -317,7 +317,7 @@ def test_refuses_a_cache_of_other_frames(data, tmp_path):
     manifest, frames, caches = data
     other = tmp_path / "frames-24.zarr"
     decode(manifest, other, DecodeConfig(frames_per_video=4, size=24), SYNC_CPU, progress=False)
-    from teachclip.cache.frames import FramesStore
+    from teachclip.stores.frames import FramesStore
 
     given, cached = FramesStore.open(other).fingerprint, FramesStore.open(frames).fingerprint
     assert given != cached

@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from teachclip.cache.frames import StoreMismatchError
+from teachclip.stores.frames import StoreMismatchError
 from teachclip.cli import app
 from teachclip.models.teachers import load_teacher
-from teachclip.pipeline.config import (
+from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
@@ -20,7 +20,7 @@ from teachclip.pipeline.config import (
     TeacherConfig,
     TrainTeacherConfig,
 )
-from teachclip.pipeline.manifest import load_manifest, write_manifest
+from teachclip.core.manifest import load_manifest, write_manifest
 from teachclip.stages import train_teacher as train_teacher_module
 from teachclip.stages.decode import decode
 from teachclip.stages.demo_data import generate_demo
@@ -176,8 +176,8 @@ def test_teachers_beat_meanp_on_demo_data(tmp_path):
     import time
 
     from teachclip.models.student import Student
-    from teachclip.pipeline.config import PretrainBackboneConfig, StudentConfig
-    from teachclip.pipeline.training import seed_everything
+    from teachclip.core.config import PretrainBackboneConfig, StudentConfig
+    from teachclip.training import seed_everything
     from teachclip.stages.encode_frames import encode_frames
     from teachclip.stages.evaluate import open_frames_for
     from teachclip.stages.pretrain_backbone import pretrain_backbone

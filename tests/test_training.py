@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from teachclip.models.teachers.base import Teacher
-from teachclip.pipeline.training import (
+from teachclip.training import (
     MetricsLog,
     RunningLosses,
     build_optimizer,

@@ -188,7 +188,7 @@ def _qualified_name(builder: Callable) -> str:
 
 def _build_student(config: dict[str, Any]) -> nn.Module:
     from teachclip.models.student import Student
-    from teachclip.pipeline.config import StudentConfig
+    from teachclip.core.config import StudentConfig
 
     saved = StudentConfig.model_validate(config)
     model = Student(StudentConfig.model_validate(without_pretrained(config)))

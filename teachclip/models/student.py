@@ -30,7 +30,7 @@ from torch import nn
 
 from teachclip.models.afa import AFA
 from teachclip.models.backbone import Backbone
-from teachclip.pipeline.config import StudentConfig
+from teachclip.core.config import StudentConfig
 
 MAX_LOGIT_SCALE = 100.0
 

@@ -2,7 +2,7 @@
 
 ``prepare_dataset("msrvtt" | "msvd" | "vatex" | "activitynet" | "didemo", root, out_dir, **options)``
 reads the annotation files as the datasets (and the CLIP4Clip line of code) distribute them and
-writes ``videos.csv`` + ``captions.csv`` (see :mod:`teachclip.pipeline.manifest`). Formats, split
+writes ``videos.csv`` + ``captions.csv`` (see :mod:`teachclip.core.manifest`). Formats, split
 conventions and their sources are documented in ``docs/datasets.md``.
 
 Errors in the annotation files (a missing file or key, a split file naming a video the annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from teachclip.pipeline.manifest import ManifestError, load_manifest, read_csv_table, write_manifest
+from teachclip.core.manifest import ManifestError, load_manifest, read_csv_table, write_manifest
 
 DATASETS = ("msrvtt", "msvd", "vatex", "activitynet", "didemo")
 # Earlier extensions win when one video exists in several containers.

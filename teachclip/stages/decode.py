@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from teachclip.cache.frames import (
+from teachclip.stores.frames import (
     FORMAT_VERSION,
     FRAMES,
     MASK,
@@ -31,7 +31,7 @@ from teachclip.cache.frames import (
     StoreMismatchError,
     read_attributes,
 )
-from teachclip.cache.zarr_io import (
+from teachclip.stores.zarr_io import (
     create_array,
     done_units,
     finalize,
@@ -39,10 +39,10 @@ from teachclip.cache.zarr_io import (
     partial_path,
     write_strings,
 )
-from teachclip.pipeline.config import ComputeConfig, DecodeConfig
-from teachclip.pipeline.fingerprint import fingerprint
-from teachclip.pipeline.manifest import Manifest, load_manifest
-from teachclip.pipeline.parallel import dask_client, map_unordered, progress_bar
+from teachclip.core.config import ComputeConfig, DecodeConfig
+from teachclip.core.fingerprint import fingerprint
+from teachclip.core.manifest import Manifest, load_manifest
+from teachclip.core.parallel import dask_client, map_unordered, progress_bar
 from teachclip.video import VideoDecodeError, decoder_identity, sample_frames
 
 FAILURES_DIR = "_failures"  # per-shard failure records inside <out>.partial until finalize

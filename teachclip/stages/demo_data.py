@@ -28,9 +28,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from teachclip.pipeline.config import ConfigError, DemoConfig
-from teachclip.pipeline.manifest import write_manifest
-from teachclip.pipeline.parallel import progress_bar
+from teachclip.core.config import ConfigError, DemoConfig
+from teachclip.core.manifest import write_manifest
+from teachclip.core.parallel import progress_bar
 
 GENERATOR_VERSION = 1
 META_FILE = "demo.json"  # marks a directory as demo output (and holds the ground truth)

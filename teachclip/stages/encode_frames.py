@@ -3,7 +3,7 @@
 When a backbone's image tower does not train (``backbone.freeze_visual: true``, LiT-style, or a
 wholly frozen student), its per-frame embeddings are a fixed function of the frames. This stage runs
 the tower once over every video of a frames store and writes a frame-features store
-(:class:`~teachclip.cache.frames.FrameFeaturesStore`): ``features`` float16 [videos, T, d] next to the
+(:class:`~teachclip.stores.frames.FrameFeaturesStore`): ``features`` float16 [videos, T, d] next to the
 frames store's mask, ids and attributes. Every stage that takes ``--frames`` accepts it instead of the
 pixels (train-teacher, extract-teachers, train-student, evaluate, search) and refuses it unless the
 model's tower is frozen and has the recorded ``visual_fingerprint`` — so stale features can never be
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import zarr
 
-from teachclip.cache.frames import (
+from teachclip.stores.frames import (
     FEATURES,
     FEATURES_KIND,
     FORMAT_VERSION,
@@ -35,11 +35,11 @@ from teachclip.cache.frames import (
     StoreMismatchError,
     read_attributes,
 )
-from teachclip.cache.zarr_io import create_array, done_units, finalize, mark_done, partial_path, write_strings
+from teachclip.stores.zarr_io import create_array, done_units, finalize, mark_done, partial_path, write_strings
 from teachclip.models.backbone import Backbone, autocast, pick_device
-from teachclip.pipeline.config import BackboneConfig, ComputeConfig
-from teachclip.pipeline.fingerprint import fingerprint
-from teachclip.pipeline.training import frames_batches, training_progress
+from teachclip.core.config import BackboneConfig, ComputeConfig
+from teachclip.core.fingerprint import fingerprint
+from teachclip.training import frames_batches, training_progress
 
 
 def features_attributes(frames: FramesStore, backbone: Backbone, complete: bool) -> dict:

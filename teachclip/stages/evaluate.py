@@ -2,7 +2,7 @@
 
 Works for a student directory and for a teacher directory (the kind is read from ``config.json``):
 a student is scored by the dot product of its vectors, a teacher by its own similarity, in blocks
-(:func:`teachclip.pipeline.training.score_collection`). Videos whose decoding failed
+(:func:`teachclip.training.score_collection`). Videos whose decoding failed
 (``FramesStore.valid`` False) are left out, with their captions, and counted in the output.
 Metrics and the tie rule: :mod:`teachclip.models.metrics` and docs/training.md.
 """
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from teachclip.cache.frames import FramesStore, StoreMismatchError
+from teachclip.stores.frames import FramesStore, StoreMismatchError
 from teachclip.models.backbone import pick_device
 from teachclip.models.metrics import retrieval_metrics
-from teachclip.pipeline.config import ComputeConfig, EvaluateConfig
-from teachclip.pipeline.manifest import Manifest, load_manifest
-from teachclip.pipeline.training import atomic_write, score_collection
+from teachclip.core.config import ComputeConfig, EvaluateConfig
+from teachclip.core.manifest import Manifest, load_manifest
+from teachclip.training import atomic_write, score_collection
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Stage one, part 2: score every train caption against every train video, once per teacher.
 
 ``extract_teachers(frames, manifest_dir, out, requests, config, compute)`` fills
-``teachers.zarr/<name>/`` (schema in :mod:`teachclip.cache.teachers`, docs/teacher-cache.md).
+``teachers.zarr/<name>/`` (schema in :mod:`teachclip.stores.teachers`, docs/teacher-cache.md).
 
 How the work is cut (every unit is deterministic in the arguments, never in the worker count, so
 one worker and two workers give byte-identical stores):
@@ -18,7 +18,7 @@ one worker and two workers give byte-identical stores):
 
 The driver records a completion marker after each unit, so a killed run resumes with the missing
 units only, and publishes the group when every block is written (the partial/publish protocol of
-:mod:`teachclip.cache.teachers`).
+:mod:`teachclip.stores.teachers`).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from teachclip.cache import teachers as cache
-from teachclip.cache.zarr_io import done_units, mark_done, partial_path, tree_bytes
-from teachclip.pipeline.config import ComputeConfig, ExtractConfig, TeacherConfig
-from teachclip.pipeline.fingerprint import sha256_file, short
-from teachclip.pipeline.parallel import dask_client, map_unordered, progress_bar
+from teachclip.stores import teachers as cache
+from teachclip.stores.zarr_io import done_units, mark_done, partial_path, tree_bytes
+from teachclip.core.config import ComputeConfig, ExtractConfig, TeacherConfig
+from teachclip.core.fingerprint import sha256_file, short
+from teachclip.core.parallel import dask_client, map_unordered, progress_bar
 
 BUILD_SEED = 0  # any weights a checkpoint does not overwrite are drawn alike on every worker
 # a scoring sub-block may use this many bytes per (text, video) pair and feature element: the
@@ -293,7 +293,7 @@ class TeacherRuntime:
         import torch
 
         from teachclip.models.backbone import pick_device
-        from teachclip.pipeline.manifest import load_manifest
+        from teachclip.core.manifest import load_manifest
 
         device = pick_device(self.device_name)
         pinned = "CUDA_VISIBLE_DEVICES" in os.environ  # dask-cuda (or the user) gave this process its GPU
@@ -314,7 +314,7 @@ class TeacherRuntime:
 
     def frames(self) -> Any:
         if self._frames is None:
-            from teachclip.cache.frames import FramesStore
+            from teachclip.stores.frames import FramesStore
 
             self._frames = FramesStore.open(self.frames_path)
             self._frames.check_model(self.teacher)  # frame features only serve the tower that made them
@@ -561,8 +561,8 @@ def extract_teachers(
     ``fingerprint_mode`` is how the frames store fingerprinted its manifest (``decode.fingerprint_mode``);
     the manifest is checked against the frames store before anything is computed.
     """
-    from teachclip.cache.frames import FramesStore
-    from teachclip.pipeline.manifest import load_manifest
+    from teachclip.stores.frames import FramesStore
+    from teachclip.core.manifest import load_manifest
 
     frames_path, manifest_dir, out = Path(frames).resolve(), Path(manifest_dir).resolve(), Path(out).resolve()
     partial = partial_path(out)
@@ -634,7 +634,7 @@ def prepare_group(partial: Path, out: Path, name: str, identity: cache.TeacherId
 
 def pull_shared(url: str, identity: cache.TeacherIdentity, partial: Path, name: str) -> bool:
     """Fetch the group from the shared cache into ``partial`` when it holds this fingerprint."""
-    from teachclip.cache import sharing
+    from teachclip.stores import sharing
 
     return sharing.fetch_into(url, identity.fingerprint, partial, name)
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from teachclip.pipeline.manifest import SPLITS, write_manifest
+from teachclip.core.manifest import SPLITS, write_manifest
 
 
 class PrepareError(ValueError):

@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from teachclip.models.backbone import Backbone, autocast, pick_device
 from teachclip.models.losses import info_nce
 from teachclip.models.metrics import retrieval_metrics
-from teachclip.pipeline.config import ComputeConfig, PretrainBackboneConfig
-from teachclip.pipeline.manifest import load_manifest
-from teachclip.pipeline.training import (
+from teachclip.core.config import ComputeConfig, PretrainBackboneConfig
+from teachclip.core.manifest import load_manifest
+from teachclip.training import (
     RunningLosses,
     build_optimizer,
     grad_scaler,

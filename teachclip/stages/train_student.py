@@ -52,20 +52,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from teachclip.cache.teachers import TeacherCacheGroup, open_teacher_caches
+from teachclip.stores.teachers import TeacherCacheGroup, open_teacher_caches
 from teachclip.models.backbone import autocast, pick_device
 from teachclip.models.io import save_model
 from teachclip.models.losses import coarse_loss, fine_loss, info_nce, margin_loss, relational_loss
 from teachclip.models.student import Student
-from teachclip.pipeline.config import (
+from teachclip.core.config import (
     ComputeConfig,
     EvaluateConfig,
     StudentConfig,
     TeacherWeight,
     TrainStudentConfig,
 )
-from teachclip.pipeline.manifest import load_manifest
-from teachclip.pipeline.training import (
+from teachclip.core.manifest import load_manifest
+from teachclip.training import (
     RunningLosses,
     TrainingSet,
     build_optimizer,
@@ -319,7 +319,7 @@ def masked_captions(mask_path: str | None, data: TrainingSet, verbose: bool) -> 
     (a video whose every caption is masked keeps all of them, and is named)."""
     if mask_path is None:
         return data.captions_of_video
-    from teachclip.stages.audit_captions import load_caption_mask, mask_captions_of_video
+    from teachclip.tools.audit_captions import load_caption_mask, mask_captions_of_video
 
     sampled, fallback = mask_captions_of_video(data.captions_of_video, data.caption_ids, load_caption_mask(mask_path))
     if verbose:
@@ -378,7 +378,7 @@ def train_student(
 
     neighbours = None  # "neighbourhood": batches grown from a sparse teacher's top-k (teachclip/cache/sparse.py)
     if config.sampler == "neighbourhood":
-        from teachclip.cache.sparse import neighbourhood_batches, training_neighbours
+        from teachclip.stores.sparse import neighbourhood_batches, training_neighbours
 
         if not chosen:
             raise TrainStudentError("sampler 'neighbourhood' needs a (sparse) teacher cache")

@@ -30,9 +30,9 @@ from torch import nn
 from teachclip.models.backbone import autocast, pick_device
 from teachclip.models.losses import info_nce
 from teachclip.models.teachers import TRAINABLE_KINDS, Teacher, build_teacher, save_teacher
-from teachclip.pipeline.config import ComputeConfig, EvaluateConfig, TeacherConfig, TrainTeacherConfig
-from teachclip.pipeline.manifest import Manifest, load_manifest
-from teachclip.pipeline.training import (
+from teachclip.core.config import ComputeConfig, EvaluateConfig, TeacherConfig, TrainTeacherConfig
+from teachclip.core.manifest import Manifest, load_manifest
+from teachclip.training import (
     RunningLosses,
     build_optimizer,
     caption_per_video_batches,

@@ -20,7 +20,7 @@ from teachclip.models.teachers.frame_clip import FrameClipTeacher
 from teachclip.models.teachers.ts2net import TS2NetTeacher
 from teachclip.models.teachers.xclip import XClipTeacher
 from teachclip.models.teachers.xpool import XPoolTeacher
-from teachclip.pipeline.config import TeacherConfig
+from teachclip.core.config import TeacherConfig
 
 TEACHERS: dict[str, type[Teacher]] = {
     cls.kind: cls for cls in (XPoolTeacher, XClipTeacher, TS2NetTeacher, FrameClipTeacher, CaptionSimTeacher)

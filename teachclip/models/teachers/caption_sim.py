@@ -23,7 +23,7 @@ from pydantic import Field
 
 from teachclip.models.teachers.base import Features, Teacher, TextBatch, VideoBatch
 from teachclip.models.teachers.common import Options, masked_max, masked_mean, pairwise_dot
-from teachclip.pipeline.config import TeacherConfig
+from teachclip.core.config import TeacherConfig
 
 
 class CaptionSimOptions(Options):

@@ -18,7 +18,7 @@ from torch import nn
 
 from teachclip.models.backbone import Backbone, load_state_dict_safely
 from teachclip.models.teachers.base import Features, Teacher, TextBatch, VideoBatch
-from teachclip.pipeline.config import TeacherConfig
+from teachclip.core.config import TeacherConfig
 
 # finite "minus infinity" that every float dtype can hold (fp16 tops out at 65504): a masked entry
 # gets exp(-65504 - max) = 0 exactly, and a row with no valid entry stays finite

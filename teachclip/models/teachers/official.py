@@ -89,7 +89,7 @@ import torch
 from torch import nn
 
 from teachclip.models.io import CheckpointError
-from teachclip.pipeline.config import TeacherConfig
+from teachclip.core.config import TeacherConfig
 
 logger = logging.getLogger(__name__)
 

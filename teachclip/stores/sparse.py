@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from teachclip.cache import teachers as dense
-from teachclip.cache.zarr_io import create_array, partial_path, read_strings, write_strings
-from teachclip.pipeline.fingerprint import canonical_json, fingerprint
-from teachclip.pipeline.training import Batch
+from teachclip.stores import teachers as dense
+from teachclip.stores.zarr_io import create_array, partial_path, read_strings, write_strings
+from teachclip.core.fingerprint import canonical_json, fingerprint
+from teachclip.training import Batch
 
 NEIGHBOUR_VIDEOS = "neighbour_videos"
 NEIGHBOUR_SCORES = "neighbour_scores"
@@ -61,7 +61,7 @@ def sparsify(group_path: str | Path, out: str | Path, top_k: int, name: str | No
              block_texts: int = 1024) -> Path:
     """Convert one complete dense group into a sparse group ``out/<name>`` (default: the same name),
     reading the dense matrix ``block_texts`` rows at a time. Written in ``<out>.partial`` and published
-    as :mod:`teachclip.cache.teachers` does."""
+    as :mod:`teachclip.stores.teachers` does."""
     source = dense.TeacherCacheGroup(group_path, in_memory=False)
     if not source.complete:
         raise dense.TeacherCacheError(f"{source.path}: incomplete teacher cache; finish extract-teachers first")

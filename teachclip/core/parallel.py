@@ -24,7 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from teachclip.pipeline.config import ComputeConfig
+from teachclip.core.config import ComputeConfig
 
 
 def progress_bar(transient: bool = False) -> Progress:

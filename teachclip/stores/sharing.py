@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from teachclip.cache import teachers as cache
-from teachclip.cache.zarr_io import done_units, partial_path, read_strings, tree_bytes
-from teachclip.pipeline.fingerprint import canonical_json
+from teachclip.stores import teachers as cache
+from teachclip.stores.zarr_io import done_units, partial_path, read_strings, tree_bytes
+from teachclip.core.fingerprint import canonical_json
 
 REMOTE_INDEX = "teachclip-remote.json"
 REMOTE_FORMAT = 1
@@ -121,8 +121,8 @@ def verify_group(path: str | Path) -> GroupCheck:
 
 
 def _sparse_arrays(layout: cache.CacheLayout, top_k: int) -> dict[str, tuple[int, ...]]:
-    """The score arrays of a sparse group (``teachclip.cache.sparse``) and their shapes."""
-    from teachclip.cache import sparse
+    """The score arrays of a sparse group (``teachclip.stores.sparse``) and their shapes."""
+    from teachclip.stores import sparse
 
     return {
         sparse.NEIGHBOUR_VIDEOS: (layout.n_texts, top_k),
@@ -136,7 +136,7 @@ def _check_sparse_identity(attrs: dict[str, Any], identity: cache.TeacherIdentit
                            check: GroupCheck) -> int | None:
     """A sparse group's identity: its dense source's (recomputed from the attributes) and its own
     fingerprint ``sparse_fingerprint(dense_fingerprint, top_k)``. Returns top_k, None if unusable."""
-    from teachclip.cache import sparse
+    from teachclip.stores import sparse
 
     meta = attrs["sparse"]
     top_k = meta.get("top_k") if isinstance(meta, dict) else None
@@ -266,7 +266,7 @@ def _check_ids(path: Path, layout: cache.CacheLayout, top_k: int | None = None) 
     if len(text_video) and (text_video.min() < 0 or text_video.max() >= layout.n_videos):
         problems.append("text_video: column out of range")
     if top_k is not None:
-        from teachclip.cache.sparse import NEIGHBOUR_VIDEOS
+        from teachclip.stores.sparse import NEIGHBOUR_VIDEOS
 
         neighbours = np.sort(np.asarray(group[NEIGHBOUR_VIDEOS][...]), axis=1)
         if neighbours.size and (neighbours.min() < 0 or neighbours.max() >= layout.n_videos):
@@ -384,7 +384,7 @@ def _local_files(group: Path) -> list[str]:
 
 
 def _sha256(path: Path) -> str:
-    from teachclip.pipeline.fingerprint import sha256_file
+    from teachclip.core.fingerprint import sha256_file
 
     return sha256_file(path)
 
@@ -484,7 +484,7 @@ def download_entry(entry: RemoteEntry, destination: Path) -> None:
 
 def fetch_into(url: str, fingerprint: str, partial: Path, name: str) -> bool:
     """Download the entry ``url/<fingerprint>`` as group ``name`` of the partial store ``partial``
-    (ready for :func:`teachclip.cache.teachers.publish_groups`); False when the remote lacks it."""
+    (ready for :func:`teachclip.stores.teachers.publish_groups`); False when the remote lacks it."""
     entry = find_remote(url, fingerprint)
     if entry is None:
         return False

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from teachclip.cache.zarr_io import PROGRESS_DIR, read_strings
+from teachclip.stores.zarr_io import PROGRESS_DIR, read_strings
 
 STORE_KIND = "teachclip-frames"
 FEATURES_KIND = "teachclip-frame-features"  # FrameFeaturesStore: per-frame embeddings of a frozen tower

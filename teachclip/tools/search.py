@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import zarr
 
-from teachclip.cache.zarr_io import create_array, finalize, partial_path, read_strings, write_strings
-from teachclip.pipeline.fingerprint import fingerprint, sha256_file
+from teachclip.stores.zarr_io import create_array, finalize, partial_path, read_strings, write_strings
+from teachclip.core.fingerprint import fingerprint, sha256_file
 
 STORE_KIND = "search-index"
 SCHEMA_VERSION = 1
@@ -63,10 +63,10 @@ def build_index(
     progress: bool = True,
 ) -> Path:
     """Embed every valid video of a frames store with a student; write ``out`` (via ``out.partial``)."""
-    from teachclip.cache.frames import FramesStore
+    from teachclip.stores.frames import FramesStore
     from teachclip.models.backbone import autocast, pick_device
     from teachclip.models.io import load_model
-    from teachclip.pipeline.training import frames_batches, training_progress
+    from teachclip.training import frames_batches, training_progress
 
     if dtype not in INDEX_DTYPES:
         raise ValueError(f"index dtype {dtype!r}: expected one of {', '.join(INDEX_DTYPES)}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from teachclip.pipeline.config import ConfigError, Params, load_params
+from teachclip.core.config import ConfigError, Params, load_params
 
 app = typer.Typer(
     name="teach",
@@ -83,7 +83,7 @@ def demo_data(
     ),
 ) -> None:
     """Generate the built-in demo benchmark: H.264 videos of moving shapes plus a manifest."""
-    from teachclip.pipeline.config import override
+    from teachclip.core.config import override
     from teachclip.stages.demo_data import generate_demo, split_sizes
 
     params = load()
@@ -127,7 +127,7 @@ def prepare(
 ) -> None:
     """Import your own captioned videos into a manifest (schema: docs/demo-data.md#your-own-data),
     or an official benchmark with --dataset NAME --root DIR (docs/datasets.md)."""
-    from teachclip.pipeline.manifest import ManifestError
+    from teachclip.core.manifest import ManifestError
     from teachclip.stages.prepare import PrepareError, prepare_csv
 
     if dataset is not None:
@@ -183,9 +183,9 @@ def decode_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild even if OUT (or OUT.partial) exists."),
 ) -> None:
     """Sample T frames of every manifest video into a frames store (resumable, parallel)."""
-    from teachclip.cache.frames import FramesStoreError
-    from teachclip.pipeline.config import override
-    from teachclip.pipeline.manifest import ManifestError
+    from teachclip.stores.frames import FramesStoreError
+    from teachclip.core.config import override
+    from teachclip.core.manifest import ManifestError
     from teachclip.stages.decode import TooManyFailuresError, decode
 
     params = load()
@@ -211,8 +211,8 @@ def encode_frames_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute even if OUT (or OUT.partial) exists."),
 ) -> None:
     """Run a frozen image tower once over every frame; stages given the result skip the tower."""
-    from teachclip.cache.frames import FramesStoreError
-    from teachclip.pipeline.config import override
+    from teachclip.stores.frames import FramesStoreError
+    from teachclip.core.config import override
     from teachclip.stages.encode_frames import encode_frames
 
     params = load()
@@ -236,9 +236,9 @@ def pretrain_backbone_command(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Demo only: pretrain a tiny CLIP on labelled single frames of separate demo videos (OpenAI CLIP's stand-in)."""
-    from teachclip.cache.frames import FramesStoreError
-    from teachclip.pipeline.config import override
-    from teachclip.pipeline.manifest import ManifestError
+    from teachclip.stores.frames import FramesStoreError
+    from teachclip.core.config import override
+    from teachclip.core.manifest import ManifestError
     from teachclip.stages.pretrain_backbone import pretrain_backbone
 
     params = load()
@@ -273,10 +273,10 @@ def train_teacher_command(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Train a teacher with symmetric InfoNCE on the train split; logs loss and test R@1 per epoch."""
-    from teachclip.cache.frames import FramesStoreError
+    from teachclip.stores.frames import FramesStoreError
     from teachclip.models.teachers import TRAINABLE_KINDS
-    from teachclip.pipeline.config import TeacherConfig, override
-    from teachclip.pipeline.manifest import ManifestError
+    from teachclip.core.config import TeacherConfig, override
+    from teachclip.core.manifest import ManifestError
     from teachclip.stages.train_teacher import train_teacher
 
     params = load()
@@ -322,12 +322,12 @@ def extract_teachers_command(
 ) -> None:
     """Score every train caption against every train video once per teacher, into a resumable,
     fingerprinted teacher cache (docs/teacher-cache.md)."""
-    from teachclip.cache.frames import FramesStoreError
-    from teachclip.cache.sharing import SharingError
-    from teachclip.cache.teachers import TeacherCacheError
+    from teachclip.stores.frames import FramesStoreError
+    from teachclip.stores.sharing import SharingError
+    from teachclip.stores.teachers import TeacherCacheError
     from teachclip.models.io import CheckpointError
-    from teachclip.pipeline.config import override
-    from teachclip.pipeline.manifest import ManifestError
+    from teachclip.core.config import override
+    from teachclip.core.manifest import ManifestError
     from teachclip.stages.extract_teachers import ExtractError, extract_teachers, resolve_teachers
 
     params = load()
@@ -355,9 +355,9 @@ def cache_info_command(
     """What a teacher cache holds: teachers, fingerprints, shapes, size, completeness."""
     import json
 
-    from teachclip.cache.sharing import cache_info, format_info
-    from teachclip.cache.teachers import TeacherCacheError
-    from teachclip.cache.zarr_io import partial_path
+    from teachclip.stores.sharing import cache_info, format_info
+    from teachclip.stores.teachers import TeacherCacheError
+    from teachclip.stores.zarr_io import partial_path
 
     if not path.exists() and not partial_path(path).exists():
         fail(f"{path}: teacher cache not found (nor {partial_path(path).name} in progress)")
@@ -371,7 +371,7 @@ def cache_info_command(
 @cache_app.command("verify")
 def cache_verify_command(path: Path = typer.Argument(..., help="teachers.zarr or teachers.zarr/<name>.")) -> None:
     """Read every chunk: checksums, presence of every chunk and shard, completeness. Exit 0 only if intact."""
-    from teachclip.cache.sharing import verify_store
+    from teachclip.stores.sharing import verify_store
 
     checks = verify_store(path)
     for check in checks:
@@ -392,7 +392,7 @@ def cache_ls_command(
     import json
     from dataclasses import asdict
 
-    from teachclip.cache.sharing import SharingError, list_remote
+    from teachclip.stores.sharing import SharingError, list_remote
 
     try:
         entries = list_remote(url)
@@ -413,7 +413,7 @@ def cache_push_command(
     url: str = typer.Argument(..., help="Shared cache location (fsspec URL)."),
 ) -> None:
     """Upload teacher caches to URL/<fingerprint>/."""
-    from teachclip.cache.sharing import SharingError, push
+    from teachclip.stores.sharing import SharingError, push
 
     try:
         results = push(path, url)
@@ -432,8 +432,8 @@ def cache_pull_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a group of that name with another fingerprint."),
 ) -> None:
     """Download teacher caches (checked file by file, then verified) into a store."""
-    from teachclip.cache.sharing import SharingError, pull
-    from teachclip.cache.teachers import TeacherCacheError
+    from teachclip.stores.sharing import SharingError, pull
+    from teachclip.stores.teachers import TeacherCacheError
 
     try:
         results = pull(url, path, fingerprints=fingerprint or None, name=name, overwrite=overwrite)
@@ -450,7 +450,7 @@ def cache_export_command(
     format: str = typer.Option("hdf5", "--format", help="hdf5 (the only interchange format)."),
 ) -> None:
     """Write the cache's arrays and attributes into one HDF5 file."""
-    from teachclip.cache.sharing import SharingError, export_hdf5
+    from teachclip.stores.sharing import SharingError, export_hdf5
 
     if format != "hdf5":
         fail(f"--format {format!r}: only hdf5 is supported")
@@ -468,8 +468,8 @@ def cache_import_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a group of that name with another fingerprint."),
 ) -> None:
     """Rebuild Zarr teacher cache groups from an HDF5 export."""
-    from teachclip.cache.sharing import SharingError, import_hdf5
-    from teachclip.cache.teachers import TeacherCacheError
+    from teachclip.stores.sharing import SharingError, import_hdf5
+    from teachclip.stores.teachers import TeacherCacheError
 
     try:
         names = import_hdf5(h5, path, overwrite=overwrite)
@@ -524,9 +524,9 @@ def train_student_command(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Train a CLIP4Clip/AFA student from cached teacher soft labels (torchrun for several GPUs)."""
-    from teachclip.cache.frames import FramesStoreError
-    from teachclip.pipeline.config import override, with_variant
-    from teachclip.pipeline.manifest import ManifestError
+    from teachclip.stores.frames import FramesStoreError
+    from teachclip.core.config import override, with_variant
+    from teachclip.core.manifest import ManifestError
     from teachclip.stages.train_student import train_student
 
     params = load()
@@ -566,7 +566,7 @@ def export_command(
 ) -> None:
     """The student as plain weights: an open_clip state dict + the small video head (docs/export-and-search.md)."""
     from teachclip.models.io import CheckpointError
-    from teachclip.stages.export import export_student
+    from teachclip.tools.export import export_student
 
     try:
         path = export_student(model, out)
@@ -591,10 +591,10 @@ def evaluate_command(
     device: str = DEVICE_OPTION,
 ) -> None:
     """Text-to-video and video-to-text R@1/5/10, MdR, MnR (CLIP4Clip rules, pessimistic ties)."""
-    from teachclip.cache.frames import FramesStoreError
+    from teachclip.stores.frames import FramesStoreError
     from teachclip.models.io import CheckpointError
-    from teachclip.pipeline.config import override
-    from teachclip.pipeline.manifest import ManifestError
+    from teachclip.core.config import override
+    from teachclip.core.manifest import ManifestError
     from teachclip.stages.evaluate import evaluate_many
 
     params = load()
@@ -629,9 +629,9 @@ def search_index_command(
     device: str = DEVICE_OPTION,
 ) -> None:
     """Embed every video of a frames store once: one vector per video."""
-    from teachclip.cache.frames import FramesStoreError
+    from teachclip.stores.frames import FramesStoreError
     from teachclip.models.io import CheckpointError
-    from teachclip.stages.search import build_index
+    from teachclip.tools.search import build_index
 
     params = load()
     try:
@@ -658,7 +658,7 @@ def search_query_command(
     from rich.table import Table
 
     from teachclip.models.io import CheckpointError
-    from teachclip.stages.search import Searcher
+    from teachclip.tools.search import Searcher
 
     params = load()
     try:
@@ -710,9 +710,9 @@ def audit_captions_command(
 ) -> None:
     """TeachText's caption-noise audit: rank each training caption's own video under every teacher and
     their mean; write a report and a caption mask for train_student.caption_mask (docs/distillation.md)."""
-    from teachclip.cache.teachers import TeacherCacheError
-    from teachclip.pipeline.manifest import ManifestError
-    from teachclip.stages.audit_captions import MASK_JSON, AuditError, audit_captions
+    from teachclip.stores.teachers import TeacherCacheError
+    from teachclip.core.manifest import ManifestError
+    from teachclip.tools.audit_captions import MASK_JSON, AuditError, audit_captions
 
     try:
         result = audit_captions(teachers, manifest, out, top_k=top_k, block_texts=block_texts)
@@ -732,8 +732,8 @@ def cache_sparsify_command(
 ) -> None:
     """Keep each caption's top-k teacher videos and scores plus its matched pair (WebVid-scale caches;
     train with `train_student.sampler: neighbourhood`, docs/distillation.md)."""
-    from teachclip.cache.sparse import sparsify
-    from teachclip.cache.teachers import TeacherCacheError
+    from teachclip.stores.sparse import sparsify
+    from teachclip.stores.teachers import TeacherCacheError
 
     try:
         path = sparsify(group, out, top_k=top_k, name=name)

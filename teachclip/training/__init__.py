@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from teachclip.models.backbone import autocast
-from teachclip.pipeline.parallel import progress_bar
+from teachclip.core.parallel import progress_bar
 
 STATE_FORMAT_VERSION = 1
 STATE_JSON = "training_state.json"

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from teachclip.pipeline.fingerprint import fingerprint, sha256_file
+from teachclip.core.fingerprint import fingerprint, sha256_file
 
 SPLITS = ("train", "val", "test")
 VIDEO_COLUMNS = ("video_id", "path", "split")

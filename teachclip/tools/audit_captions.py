@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from teachclip.cache.teachers import TeacherCacheError, open_teacher_caches
+from teachclip.stores.teachers import TeacherCacheError, open_teacher_caches
 from teachclip.models.metrics import ranks_of_ground_truth, summarize_ranks
-from teachclip.pipeline.manifest import load_manifest
+from teachclip.core.manifest import load_manifest
 
 MASK_FORMAT = "teachclip-caption-mask"
 MASK_VERSION = 1

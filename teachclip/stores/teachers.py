@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from teachclip.cache.zarr_io import PROGRESS_DIR, create_array, read_strings, write_strings
-from teachclip.pipeline.fingerprint import canonical_json, fingerprint
+from teachclip.stores.zarr_io import PROGRESS_DIR, create_array, read_strings, write_strings
+from teachclip.core.fingerprint import canonical_json, fingerprint
 
 STORE_KIND = "teacher-cache"
 SCHEMA_VERSION = 1
@@ -446,10 +446,10 @@ def open_teacher_caches(spec: str | Path, in_memory: bool | None = None) -> list
 
 
 def open_group(path: Path, in_memory: bool | None = None) -> TeacherCacheGroup:
-    """The reader of one group: dense, or sparse (teachclip.cache.sparse, same API) when it is one."""
+    """The reader of one group: dense, or sparse (teachclip.stores.sparse, same API) when it is one."""
     attrs = read_group_attributes(path)
     if attrs is not None and "sparse" in attrs:
-        from teachclip.cache.sparse import SparseTeacherCacheGroup
+        from teachclip.stores.sparse import SparseTeacherCacheGroup
 
         return SparseTeacherCacheGroup(path, in_memory)
     return TeacherCacheGroup(path, in_memory)

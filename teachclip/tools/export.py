@@ -23,7 +23,7 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
-from teachclip.cache.zarr_io import finalize, partial_path
+from teachclip.stores.zarr_io import finalize, partial_path
 from teachclip.models.backbone import CLIP_MEAN, CLIP_STD
 
 EXPORT_FORMAT = "teachclip-export"
@@ -44,7 +44,7 @@ def export_student(model_dir: str | Path, out: str | Path) -> Path:
 
     from teachclip.models.io import load_model
     from teachclip.models.student import Student
-    from teachclip.stages.search import model_fingerprint
+    from teachclip.tools.search import model_fingerprint
 
     student = load_model(model_dir)
     if not isinstance(student, Student):
