@@ -50,11 +50,11 @@ VARIANTS = {
 
 
 def prepare(workdir: Path, videos: int, teacher_epochs: int, audit_top_k: int) -> None:
-    from teachclip.tools.audit_captions import audit_captions
     from teachclip.stages.decode import decode
     from teachclip.stages.demo_data import generate_demo
     from teachclip.stages.extract_teachers import extract_teachers, resolve_teachers
     from teachclip.stages.train_teacher import train_teacher
+    from teachclip.tools.audit_captions import audit_captions
 
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -80,8 +80,8 @@ def prepare(workdir: Path, videos: int, teacher_epochs: int, audit_top_k: int) -
 
 
 def run(workdir: Path, variants: list[str], seeds: list[int], epochs: int, sparse_top_k: int) -> dict:
-    from teachclip.stores.sparse import sparsify
     from teachclip.stages.train_student import train_student
+    from teachclip.stores.teacher_cache.sparse import sparsify
 
     results_path = workdir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

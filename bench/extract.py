@@ -36,10 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teachclip.stores import teachers as cache
-from teachclip.stores.frames import FramesStore
-from teachclip.stores.zarr_io import partial_path, tree_bytes
-from teachclip.models.backbone import autocast, pick_device
 from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
@@ -50,11 +46,18 @@ from teachclip.core.config import (
     TeacherConfig,
     TrainStudentConfig,
 )
+from teachclip.core.device import autocast, pick_device
 from teachclip.core.manifest import load_manifest
+from teachclip.stores.frames import FramesStore
+from teachclip.stores.teacher_cache import open_teacher_caches
+from teachclip.stores.teacher_cache.dense import DenseGroup, create_group, write_block
+from teachclip.stores.teacher_cache.publish import publish_groups
+from teachclip.stores.teacher_cache.schema import SIMILARITY, identity_from_attributes, plan_layout
+from teachclip.stores.zarr_io import partial_path, tree_bytes
 
 
 def build_inputs(workdir: Path, args: argparse.Namespace) -> tuple[Path, Path, Path]:
-    from teachclip.models.teachers import build_teacher, save_teacher
+    from teachclip.models.factory import create_teacher, save_teacher
     from teachclip.stages.decode import decode
     from teachclip.stages.demo_data import generate_demo
 
@@ -66,7 +69,7 @@ def build_inputs(workdir: Path, args: argparse.Namespace) -> tuple[Path, Path, P
     if not (checkpoint / "model.safetensors").exists():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            teacher = build_teacher(TeacherConfig(kind=args.teacher, backbone=BackboneConfig(name=args.backbone)))
+            teacher = create_teacher(TeacherConfig(kind=args.teacher, backbone=BackboneConfig(name=args.backbone)))
         save_teacher(teacher, checkpoint)
     return manifest, frames, checkpoint
 
@@ -96,10 +99,10 @@ def blocked_extraction(manifest: Path, frames: Path, checkpoint: Path, out: Path
             "end_to_end_s": seconds}
 
 
-def naive_pairs(manifest_dir: Path, frames_path: Path, checkpoint: Path, group: cache.TeacherCacheGroup,
+def naive_pairs(manifest_dir: Path, frames_path: Path, checkpoint: Path, group: DenseGroup,
                 n_pairs: int, device: torch.device) -> dict:
     """The per-pair definition: encode one caption and one video, score them; again for every pair."""
-    from teachclip.models.teachers import load_teacher
+    from teachclip.models.factory import load_teacher
 
     teacher = load_teacher(checkpoint, device)
     manifest = load_manifest(manifest_dir)
@@ -129,29 +132,29 @@ def naive_pairs(manifest_dir: Path, frames_path: Path, checkpoint: Path, group: 
             "max_abs_difference_to_cache": float(np.abs(cached - scores).max())}
 
 
-def large_synthetic(group: cache.TeacherCacheGroup, workdir: Path, n_texts: int, n_videos: int) -> Path:
+def large_synthetic(group: DenseGroup, workdir: Path, n_texts: int, n_videos: int) -> Path:
     """An MSR-VTT-wide group written by the real writer, values resampled from a real cache."""
     rng = np.random.default_rng(0)
     pool = group.similarity_block(np.arange(len(group.text_ids)), np.arange(len(group.video_ids))).ravel()
     relevance_pool = group.frame_relevance(np.arange(len(group.text_ids))).ravel()
     frames = group.frames_per_video
     defaults = ExtractConfig()
-    layout = cache.plan_layout(n_texts, n_videos, frames, defaults.block_texts, defaults.chunk_texts,
+    layout = plan_layout(n_texts, n_videos, frames, defaults.block_texts, defaults.chunk_texts,
                                defaults.block_videos, defaults.memory_budget_mb)
-    identity = cache.identity_from_attributes(group.attrs)
+    identity = identity_from_attributes(group.attrs)
     store = workdir / "large.zarr"
     partial = partial_path(store)
-    cache.create_group(partial, "large", identity, layout, [f"c{i:07d}" for i in range(n_texts)],
+    create_group(partial, "large", identity, layout, [f"c{i:07d}" for i in range(n_texts)],
                        [f"v{i:06d}" for i in range(n_videos)], rng.integers(0, n_videos, n_texts))
     for block in range(layout.n_blocks):
         start, stop = layout.block_rows(block)
-        cache.write_block(partial / "large", block, rng.choice(pool, size=(stop - start, n_videos)),
+        write_block(partial / "large", block, rng.choice(pool, size=(stop - start, n_videos)),
                           rng.choice(relevance_pool, size=(stop - start, frames)))
-    cache.publish_groups(partial, store, ["large"])
+    publish_groups(partial, store, ["large"])
     return store / "large"
 
 
-def read_rate(group: cache.TeacherCacheGroup, batch_size: int, batches: int) -> dict:
+def read_rate(group: DenseGroup, batch_size: int, batches: int) -> dict:
     """Random training batches: captions of distinct videos, their [B, B] block and [B, T] relevance."""
     rng = np.random.default_rng(1)
     by_video: dict[int, list[int]] = {}
@@ -176,13 +179,14 @@ def student_step_seconds(manifest_dir: Path, frames_path: Path, batch_size: int,
                          device: torch.device) -> float:
     """Median seconds of one CLIP4Clip+AFA InfoNCE training step (forward, loss, backward, AdamW)."""
     from teachclip.models.student import Student
-    from teachclip.training import build_optimizer, caption_per_video_batches, training_set
     from teachclip.stages.train_student import SoftLabels, StudentStep, batch_losses
+    from teachclip.training.batches import caption_per_video_batches, training_data
+    from teachclip.training.optim import build_optimizer
 
     store = FramesStore.open(frames_path)
-    data = training_set(store, load_manifest(manifest_dir), "train")
+    data = training_data(store, load_manifest(manifest_dir))
     batch = caption_per_video_batches(data.captions_of_video, batch_size, 0, 0)[0]
-    frames_np, mask_np = store.read(data.store_indices[batch.videos])
+    frames_np, mask_np = store.read(data.store_rows[batch.videos])
     frames, mask = torch.from_numpy(frames_np).to(device), torch.from_numpy(mask_np).to(device)
     backbone = BackboneConfig(name=args.backbone)
     config = TrainStudentConfig(batch_size=batch_size)
@@ -238,19 +242,19 @@ def main() -> None:
 
     shutil.rmtree(out, ignore_errors=True)
     blocked = blocked_extraction(manifest, frames, checkpoint, out, device)
-    group = cache.open_teacher_caches(out / "bench", in_memory=True)[0]
+    group = open_teacher_caches(out / "bench", in_memory=True)[0]
     naive = naive_pairs(manifest, frames, checkpoint, group, args.naive_pairs, device)
 
     large = large_synthetic(group, workdir, args.large_texts, args.large_videos)
-    large_layout = cache.open_teacher_caches(large, in_memory=False)[0].layout
-    bytes_demo = tree_bytes(out / "bench" / cache.SIMILARITY) / (blocked["pairs"])
-    bytes_large = tree_bytes(large / cache.SIMILARITY) / (args.large_texts * args.large_videos)
+    large_layout = open_teacher_caches(large, in_memory=False)[0].layout
+    bytes_demo = tree_bytes(out / "bench" / SIMILARITY) / (blocked["pairs"])
+    bytes_large = tree_bytes(large / SIMILARITY) / (args.large_texts * args.large_videos)
 
     reads = {
         "demo_in_memory": read_rate(group, args.batch_size, args.read_batches),
-        "large_in_memory": read_rate(cache.open_teacher_caches(large, in_memory=True)[0], args.batch_size,
+        "large_in_memory": read_rate(open_teacher_caches(large, in_memory=True)[0], args.batch_size,
                                      args.read_batches),
-        "large_on_disk": read_rate(cache.open_teacher_caches(large, in_memory=False)[0], args.batch_size,
+        "large_on_disk": read_rate(open_teacher_caches(large, in_memory=False)[0], args.batch_size,
                                    args.read_batches),
     }
     step = student_step_seconds(manifest, frames, args.batch_size, args, device)

@@ -33,14 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from teachclip.models.backbone import autocast, pick_device
+from teachclip.core.config import StudentConfig, TeacherConfig, TrainStudentConfig
+from teachclip.core.device import autocast, grad_scaler, pick_device
+from teachclip.models.scorer import cat_features, slice_features
 from teachclip.models.student import Student
 from teachclip.models.teachers import TEACHERS
-from teachclip.models.teachers.base import cat_features, slice_features
-from teachclip.core.config import StudentConfig, TeacherConfig, TrainStudentConfig
-from teachclip.training import build_optimizer, grad_scaler
-from teachclip.stages.extract_teachers import sub_block
+from teachclip.stages.extract_teachers.worker import sub_block
 from teachclip.stages.train_student import SoftLabels, StudentStep, batch_losses
+from teachclip.training.optim import build_optimizer
 
 WORDS = ("a man woman dog cat car person people is are playing running cooking talking driving singing "
          "on in at with the of street kitchen stage field video game music red blue small big two").split()

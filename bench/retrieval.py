@@ -38,11 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teachclip.stores.frames import FramesStore
-from teachclip.models.backbone import pick_device
-from teachclip.models.io import save_model
-from teachclip.models.student import Student
-from teachclip.models.teachers import build_teacher
 from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
@@ -51,7 +46,13 @@ from teachclip.core.config import (
     StudentConfig,
     TeacherConfig,
 )
-from teachclip.tools.search import Searcher, SearchIndex, build_index
+from teachclip.core.device import pick_device
+from teachclip.models.factory import create_teacher
+from teachclip.models.io import save_model
+from teachclip.models.student import Student
+from teachclip.stores.frames import FramesStore
+from teachclip.stores.search_index import SearchIndex
+from teachclip.tools.search import Searcher, build_index
 
 TOP_K = 10
 TEACHER_BLOCK = 8192
@@ -163,7 +164,7 @@ def main() -> None:
 
     # the teacher: frame features of the same videos, encoded once
     torch.manual_seed(0)
-    teacher = build_teacher(TeacherConfig(kind="xpool", backbone=backbone)).to(device).eval()
+    teacher = create_teacher(TeacherConfig(kind="xpool", backbone=backbone)).to(device).eval()
     store = FramesStore.open(frames_path)
     frames, mask = store.read(np.flatnonzero(store.valid))
     with torch.no_grad():

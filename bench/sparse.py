@@ -25,12 +25,27 @@ from pathlib import Path
 
 import numpy as np
 
-from teachclip.stores import teachers as cache
-from teachclip.stores.sparse import dense_bytes, sparse_bytes, sparsify
+from teachclip.stores.teacher_cache.dense import create_group, write_block
+from teachclip.stores.teacher_cache.publish import mark_group_complete
+from teachclip.stores.teacher_cache.schema import (
+    IN_MEMORY_LIMIT_BYTES,
+    SIMILARITY,
+    TeacherIdentity,
+    plan_layout,
+)
+from teachclip.stores.teacher_cache.sparse import sparsify
 from teachclip.stores.zarr_io import tree_bytes
 
 GIB = 1 << 30
 
+
+
+def dense_bytes(captions: int, videos: int) -> int:
+    return 2 * captions * videos  # float16
+
+
+def sparse_bytes(captions: int, top_k: int) -> int:
+    return captions * (top_k * (4 + 2) + 4)  # int32 column + float16 score per neighbour; own score, rest mean
 
 def measure(workdir: Path, captions: int, videos: int, top_k: int) -> dict:
     rng = np.random.default_rng(0)
@@ -38,24 +53,24 @@ def measure(workdir: Path, captions: int, videos: int, top_k: int) -> dict:
     similarity = (0.2 + 0.05 * rng.standard_normal(videos)[None] + 0.05 * rng.standard_normal((captions, videos)))
     own = rng.integers(0, videos, captions)
     similarity[np.arange(captions), own] += 0.1
-    identity = cache.TeacherIdentity(kind="synthetic", config={}, checkpoint_sha256=None, score_version=1,
+    identity = TeacherIdentity(kind="synthetic", config={}, checkpoint_sha256=None, score_version=1,
                                      has_frame_relevance=False, similarity_definition="bench", relevance_definition="",
                                      frames_fingerprint="bench", manifest_fingerprint="bench")
-    layout = cache.plan_layout(captions, videos, 12, block_texts=512, chunk_texts=32, block_videos=None,
+    layout = plan_layout(captions, videos, 12, block_texts=512, chunk_texts=32, block_videos=None,
                                memory_budget_mb=1024)
     store = workdir / "dense.zarr"
-    cache.create_group(store, "t", identity, layout, [f"c{i:09d}" for i in range(captions)],
+    create_group(store, "t", identity, layout, [f"c{i:09d}" for i in range(captions)],
                        [f"v{i:09d}" for i in range(videos)], own)
     for block in range(layout.n_blocks):
         start, stop = layout.block_rows(block)
-        cache.write_block(store / "t", block, similarity[start:stop].astype(np.float32), None)
-    cache.mark_group_complete(store / "t")
+        write_block(store / "t", block, similarity[start:stop].astype(np.float32), None)
+    mark_group_complete(store / "t")
     started = time.perf_counter()
     sparsify(store / "t", workdir / "sparse.zarr", top_k=top_k)
     seconds = time.perf_counter() - started
     return {
         "captions": captions, "videos": videos,
-        "dense_similarity_disk_bytes": tree_bytes(store / "t" / cache.SIMILARITY),
+        "dense_similarity_disk_bytes": tree_bytes(store / "t" / SIMILARITY),
         "sparse_disk_bytes": sum(tree_bytes(workdir / "sparse.zarr" / "t" / name)
                                  for name in ("neighbour_videos", "neighbour_scores", "own_score", "rest_mean")),
         "sparsify_seconds": round(seconds, 3),
@@ -81,7 +96,7 @@ def main() -> None:
         "target": {"captions": args.captions, "videos": args.videos, "top_k": args.top_k},
         "dense": {"disk_bytes": dense_total, "disk_GiB": round(dense_total / GIB, 2),
                   "ram_GiB_in_memory": round(dense_total / GIB, 2),
-                  "fits_in_memory_reader": dense_total <= cache.IN_MEMORY_LIMIT_BYTES},
+                  "fits_in_memory_reader": dense_total <= IN_MEMORY_LIMIT_BYTES},
         "sparse": {"disk_bytes": sparse_total, "disk_GiB": round(sparse_total / GIB, 2),
                    "ram_GiB": round(sparse_total / GIB, 2)},
         "ratio_dense_over_sparse": round(dense_total / sparse_total, 1),

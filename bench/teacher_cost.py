@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from teachclip.models.teachers import build_teacher
-from teachclip.models.teachers.common import normalize
 from teachclip.core.config import TeacherConfig
+from teachclip.models.factory import create_teacher
+from teachclip.models.layers import normalize
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -50,7 +50,7 @@ def main() -> None:
     with torch.no_grad():
         for kind in ("xpool", "xclip", "ts2net", "frame_clip"):
             config = TeacherConfig(kind=kind, backbone={"name": args.backbone, "max_words": words})
-            teacher = build_teacher(config).to(device).eval()
+            teacher = create_teacher(config).to(device).eval()
             d = teacher.embed_dim
             sentence = torch.randn(n, d, device=device)
             frames = torch.randn(v, steps, d, device=device)

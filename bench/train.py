@@ -33,10 +33,6 @@ from pathlib import Path
 
 import torch
 
-from teachclip.stores.frames import FramesStore
-from teachclip.models.backbone import autocast, pick_device
-from teachclip.models.student import Student
-from teachclip.models.teachers import build_teacher
 from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
@@ -47,8 +43,10 @@ from teachclip.core.config import (
     TeacherConfig,
     TrainStudentConfig,
 )
+from teachclip.core.device import autocast, pick_device
 from teachclip.core.manifest import load_manifest
-from teachclip.training import build_optimizer, caption_per_video_batches, training_set
+from teachclip.models.factory import create_teacher
+from teachclip.models.student import Student
 from teachclip.stages.train_student import (
     SoftLabels,
     StudentStep,
@@ -57,6 +55,9 @@ from teachclip.stages.train_student import (
     loss_weights,
     select_teachers,
 )
+from teachclip.stores.frames import FramesStore
+from teachclip.training.batches import caption_per_video_batches, training_data
+from teachclip.training.optim import build_optimizer
 
 MODES = ("none", "cached", "online")
 TEACHER_OPTIONS = {"ts2net": {"topk": 3}, "xclip": {}, "xpool": {}, "frame_clip": {}}
@@ -101,16 +102,16 @@ def main() -> None:
 
     manifest = load_manifest(manifest_dir)
     store = FramesStore.open(frames_path)
-    data = training_set(store, manifest, "train")
+    data = training_data(store, manifest)
     config = TrainStudentConfig(batch_size=args.batch_size, lr_backbone=1e-5)
     teachers = select_teachers([caches], None, store.fingerprint, data)
     terms = {"none": {"nce": 1.0}, "cached": loss_weights(config, teachers), "online": loss_weights(config, teachers)}
-    online_teachers = [build_teacher(TeacherConfig(kind=k, backbone=teacher_backbone, options=TEACHER_OPTIONS[k]))
+    online_teachers = [create_teacher(TeacherConfig(kind=k, backbone=teacher_backbone, options=TEACHER_OPTIONS[k]))
                        .to(device).eval()
                        for k in kinds]
 
     batch = caption_per_video_batches(data.captions_of_video, args.batch_size, 0, 0)[0]
-    frames_np, mask_np = store.read(data.store_indices[batch.videos])
+    frames_np, mask_np = store.read(data.store_rows[batch.videos])
     frames, mask = torch.from_numpy(frames_np).to(device), torch.from_numpy(mask_np).to(device)
     texts = [data.texts[i] for i in batch.captions]
     amp = backbone.precision == "amp"

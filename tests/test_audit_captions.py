@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from teachclip.stores import teachers as cache
 from teachclip.cli import app
 from teachclip.core.config import (
     BackboneConfig,
@@ -21,17 +20,15 @@ from teachclip.core.config import (
     TrainStudentConfig,
 )
 from teachclip.core.manifest import load_manifest, write_manifest
-from teachclip.training import training_set
+from teachclip.demo.vocabulary import SYNONYMS
 from teachclip.stages import train_student as train_student_module
-from teachclip.tools.audit_captions import (
-    AuditError,
-    audit_captions,
-    load_caption_mask,
-    mask_captions_of_video,
-    standardise_rows,
-)
-from teachclip.stages.demo_data import SYNONYMS
-from teachclip.stages.evaluate import open_frames_for
+from teachclip.stores import open_for_manifest
+from teachclip.stores.caption_mask import CaptionMaskError, load_caption_mask
+from teachclip.stores.teacher_cache.dense import create_group, write_block
+from teachclip.stores.teacher_cache.publish import mark_group_complete
+from teachclip.stores.teacher_cache.schema import TeacherIdentity, plan_layout
+from teachclip.tools.audit_captions import AuditError, audit_captions, standardise_rows
+from teachclip.training.batches import mask_captions, training_data
 
 MICRO = BackboneConfig(name="teachclip-micro", precision="fp32")
 SYNC_CPU = ComputeConfig(scheduler="sync", device="cpu")
@@ -40,17 +37,17 @@ SYNC_CPU = ComputeConfig(scheduler="sync", device="cpu")
 def write_group(store, name, similarity, text_ids, video_ids, text_video, frames_fingerprint="frames-x",
                 block_texts=2):
     """A complete teacher group holding ``similarity`` exactly (float16-representable values)."""
-    identity = cache.TeacherIdentity(
+    identity = TeacherIdentity(
         kind="synthetic", config={"name": name}, checkpoint_sha256=None, score_version=1, has_frame_relevance=False,
         similarity_definition="given by the test", relevance_definition="", frames_fingerprint=frames_fingerprint,
         manifest_fingerprint="manifest-x")
-    layout = cache.plan_layout(len(text_ids), len(video_ids), 4, block_texts=block_texts, chunk_texts=block_texts,
+    layout = plan_layout(len(text_ids), len(video_ids), 4, block_texts=block_texts, chunk_texts=block_texts,
                                block_videos=None, memory_budget_mb=64)
-    cache.create_group(store, name, identity, layout, text_ids, video_ids, np.asarray(text_video))
+    create_group(store, name, identity, layout, text_ids, video_ids, np.asarray(text_video))
     for block in range(layout.n_blocks):
         start, stop = layout.block_rows(block)
-        cache.write_block(store / name, block, np.asarray(similarity[start:stop], dtype=np.float32), None)
-    cache.mark_group_complete(store / name)
+        write_block(store / name, block, np.asarray(similarity[start:stop], dtype=np.float32), None)
+    mark_group_complete(store / name)
 
 
 def write_tiny_manifest(root, text_ids, text_video_ids):
@@ -127,9 +124,9 @@ def test_a_video_whose_every_caption_is_flagged_is_reported_and_keeps_its_captio
     np.testing.assert_array_equal(result.ranks["mean"], result.ranks["t1"])
     assert result.report["flagged"] == 2
     # captions_of_video in training-set terms: video A = captions 0, 1; B = 2, 3; C = 4
-    masked, fallback = mask_captions_of_video([[0, 1], [2, 3], [4]], TEXT_IDS, load_caption_mask(tmp_path / "audit"))
+    masked, fallback = mask_captions([[0, 1], [2, 3], [4]], TEXT_IDS, load_caption_mask(tmp_path / "audit"))
     assert masked == [[0], [2], [4]] and fallback == []
-    masked, fallback = mask_captions_of_video([[0, 1], [2, 3], [4]], TEXT_IDS, {"a0": False, "a1": False, "b1": False})
+    masked, fallback = mask_captions([[0, 1], [2, 3], [4]], TEXT_IDS, {"a0": False, "a1": False, "b1": False})
     assert masked == [[0, 1], [2], [4]] and fallback == [0]
 
 
@@ -139,16 +136,16 @@ def test_caches_of_another_manifest_and_bad_masks_are_refused(tiny, tmp_path):
     with pytest.raises(AuditError, match="another manifest"):
         audit_captions(store, other, tmp_path / "audit")
     (tmp_path / "bad.json").write_text(json.dumps({"keep": {"a0": True}}))
-    with pytest.raises(AuditError, match="not a caption mask"):
+    with pytest.raises(CaptionMaskError, match="not a caption mask"):
         load_caption_mask(tmp_path / "bad.json")
-    with pytest.raises(AuditError, match="none of the training captions"):
-        mask_captions_of_video([[0]], ["zz"], {"a0": True})
+    with pytest.raises(CaptionMaskError, match="none of the training captions"):
+        mask_captions([[0]], ["zz"], {"a0": True})
 
 
 def test_cli_writes_the_report_and_the_mask(tiny, tmp_path):
     store, manifest = tiny
     result = CliRunner().invoke(app, ["audit-captions", "--teachers", str(store), "--manifest", str(manifest),
-                                      "--out", str(tmp_path / "cli"), "--top-k", "1"])
+                                      "--out", str(tmp_path / "cli"), "-S", "audit.top_k=1"])
     assert result.exit_code == 0, result.output
     assert "1 of 5 captions flagged" in result.output
     assert {p.name for p in (tmp_path / "cli").iterdir()} == {"captions.csv", "report.json", "caption_mask.json"}
@@ -203,8 +200,8 @@ def noisy_demo(tmp_path_factory):
     decode(manifest_dir, frames, DecodeConfig(frames_per_video=4, size=32), SYNC_CPU, progress=False)
 
     manifest = load_manifest(manifest_dir)
-    store = open_frames_for(frames, manifest)
-    data = training_set(store, manifest, "train")
+    store = open_for_manifest(frames, manifest)
+    data = training_data(store, manifest)
     text_ids, video_ids = sorted(data.caption_ids), sorted(data.video_ids)
     caption_video = {c.caption_id: c.video_id for c in manifest.captions}
     objects = {v["video_id"]: [(o["shape"], o["colour"], o["size"], o["direction"]) for o in v["objects"]]
@@ -246,11 +243,11 @@ def test_train_student_never_draws_a_masked_caption(noisy_demo, tmp_path, monkey
     monkeypatch.setattr(train_student_module, "caption_per_video_batches", recording)
     config = TrainStudentConfig(teachers=[], epochs=3, batch_size=8, caption_mask=str(tmp_path / "audit"),
                                 eval_every=3)
-    student = StudentConfig(backbone=MICRO, temporal_layers=1, freeze_backbone=True)
+    student = StudentConfig(backbone=MICRO.model_copy(update={"freeze_text": True, "freeze_visual": True}), temporal_layers=1)
     train_student_module.train_student(frames, manifest, [caches], tmp_path / "student", config, student,
                                        EvaluateConfig(batch_videos=8), ComputeConfig(device="cpu"), progress=False)
-    store = open_frames_for(frames, load_manifest(manifest))
-    data = training_set(store, load_manifest(manifest), "train")
+    store = open_for_manifest(frames, load_manifest(manifest))
+    data = training_data(store, load_manifest(manifest))
     drawn = {data.caption_ids[c] for c in seen}
     masked = {c for c, kept in mask.items() if not kept}
     assert masked and not drawn & masked

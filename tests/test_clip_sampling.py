@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from test_video import make_video
 
-from teachclip.stores.frames import FramesStore
 from teachclip.core.config import ComputeConfig, DecodeConfig
 from teachclip.core.manifest import write_manifest
 from teachclip.stages.decode import decode
+from teachclip.stores.frames import FramesStore
 from teachclip.video import Timeline, VideoDecodeError, sample_frames, sample_positions
 
 

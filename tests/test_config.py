@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from teachclip.core.config import ConfigError, DecodeConfig, Params, load_params, override
+from teachclip.core.config import ConfigError, DecodeConfig, Params, apply_settings, load_params
 
 
 def test_missing_file_gives_defaults(tmp_path: Path):
@@ -41,15 +41,39 @@ def test_invalid_value_and_bad_yaml(tmp_path: Path):
         load_params(path)
 
 
-def test_override_replaces_only_given_flags():
-    section = DecodeConfig(frames_per_video=8, size=64)
-    changed = override(section, size=32, frames_per_video=None)
-    assert (changed.frames_per_video, changed.size) == (8, 32)
-    assert section.size == 64  # the original is untouched
-    with pytest.raises(ConfigError, match="unknown"):
-        override(section, sizes=3)
-    with pytest.raises(ConfigError, match="invalid override"):
-        override(section, size=-1)
+def test_settings_replace_single_values_read_as_yaml(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("decode:\n  frames_per_video: 8\n  size: 64\n")
+    params = load_params(path, ["decode.size=32", "train_student.teachers=[]", "student.backbone.pretrained=null",
+                                "teachers.t.kind=xpool", "teachers.t.options.dropout=0.5", "evaluate.split=val"])
+    assert (params.decode.frames_per_video, params.decode.size) == (8, 32)  # the rest of the section stays
+    assert params.train_student.teachers == [] and params.student.backbone.pretrained is None
+    assert params.teachers["t"].options == {"dropout": 0.5} and params.evaluate.split == "val"
+    untouched = load_params(path)
+    assert apply_settings(untouched, []) is untouched
+
+
+def test_unknown_or_invalid_settings_are_errors_naming_the_field():
+    params = Params()
+    with pytest.raises(ConfigError, match="decode has no field 'sizes'") as info:
+        apply_settings(params, ["decode.sizes=3"])
+    assert "frames_per_video" in str(info.value)  # the fields that exist are listed
+    with pytest.raises(ConfigError, match="params has no field 'decoder'"):
+        apply_settings(params, ["decoder.size=3"])
+    with pytest.raises(ConfigError, match="decode.size"):
+        apply_settings(params, ["decode.size=-1"])
+    with pytest.raises(ConfigError, match="expected section.field=value"):
+        apply_settings(params, ["decode.size"])
+    with pytest.raises(ConfigError, match="student.backbone has no field 'nme'"):
+        apply_settings(params, ["student.backbone.nme=x"])
+
+
+def test_settings_apply_after_the_variant(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train_student: {epochs: 3}\nstudents:\n  short: {train_student: {epochs: 1, weight_fine: 0.0}}\n")
+    params = load_params(path, ["train_student.epochs=5"], variant="short")
+    assert params.train_student.epochs == 5  # typed on the command line: wins over the variant
+    assert params.train_student.weight_fine == 0.0  # the variant's other values stay
 
 
 def test_repository_params_file_is_valid():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from teachclip.core.manifest import ManifestError, load_manifest
-from teachclip.stages.datasets import prepare_dataset, read_caption_pickle
+from teachclip.datasets import prepare_dataset, read_caption_pickle
 
 # ---- helpers ---------------------------------------------------------------------------------------
 
@@ -540,7 +540,7 @@ def test_none_options_use_defaults_and_rerun_replaces_the_manifest(tmp_path):
 
 def test_restricted_unpickler_refuses_globals_on_its_own(tmp_path):
     # The second line of defence, used after the opcode scan: no class or function is ever imported.
-    from teachclip.stages.datasets import _NoGlobalsUnpickler
+    from teachclip.datasets import _NoGlobalsUnpickler
 
     with pytest.raises(pickle.UnpicklingError, match=r"refusing to import (posix|os)\.system"):
         _NoGlobalsUnpickler(io.BytesIO(pickle.dumps(_Exploit()))).load()

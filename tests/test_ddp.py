@@ -27,11 +27,9 @@ def first_batch_loss_and_gradients(manifest_dir, frames, caches, out_file):
     does on this rank (DDP and gathering when launched by torchrun); rank 0 writes them."""
     from safetensors.torch import save_file
 
-    from teachclip.models.student import Student
     from teachclip.core.config import BackboneConfig, StudentConfig, TrainStudentConfig
     from teachclip.core.manifest import load_manifest
-    from teachclip.training import caption_per_video_batches, training_set
-    from teachclip.stages.evaluate import open_frames_for
+    from teachclip.models.student import Student
     from teachclip.stages.train_student import (
         StudentStep,
         batch_losses,
@@ -41,12 +39,14 @@ def first_batch_loss_and_gradients(manifest_dir, frames, caches, out_file):
         rank_slice,
         select_teachers,
     )
+    from teachclip.stores import open_for_manifest
+    from teachclip.training.batches import caption_per_video_batches, training_data
 
     rank, world, device = init_distributed("cpu")
     config = TrainStudentConfig(batch_size=5)
     manifest = load_manifest(manifest_dir)
-    store = open_frames_for(frames, manifest)
-    data = training_set(store, manifest, "train")
+    store = open_for_manifest(frames, manifest)
+    data = training_data(store, manifest)
     chosen = select_teachers([caches], None, store.fingerprint, data)
     terms = loss_weights(config, chosen)
     torch.manual_seed(0)
@@ -57,7 +57,7 @@ def first_batch_loss_and_gradients(manifest_dir, frames, caches, out_file):
         step_module = torch.nn.parallel.DistributedDataParallel(step_module)
     batch = caption_per_video_batches(data.captions_of_video, config.batch_size, config.seed, 0)[0]
     local, sizes = rank_slice(len(batch.videos), world, rank)
-    frames_local, mask_local = store.read(data.store_indices[batch.videos[local]])
+    frames_local, mask_local = store.read(data.store_rows[batch.videos[local]])
     tokens = student.tokenize([data.texts[i] for i in batch.captions[local]])
     outputs = step_module(torch.from_numpy(mask_local), tokens=tokens, frames=torch.from_numpy(frames_local))
     losses = batch_losses(outputs, gather_soft_labels(chosen, batch.captions, batch.videos, terms), terms, config, sizes)
@@ -95,7 +95,10 @@ def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(data, tmp_pat
     assert {"loss.nce", "loss.coarse", "loss.fine", "loss.loss"} <= single.keys()
     assert sum(k.startswith("grad.") for k in single) > 10
     for name in single:
-        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-7, msg=name)
+        # the all_reduce sums the ranks' float32 gradients in another order than one process does: allow
+        # that rounding, relative to the tensor's own scale (tiny entries of a large gradient included)
+        scale = float(single[name].abs().max())
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=max(1e-6 * scale, 1e-7), msg=name)
 
 
 PARAMS = """\

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import zarr
 
-from teachclip.stores.frames import FramesStore, FramesStoreError, StoreMismatchError
-from teachclip.stores.zarr_io import PROGRESS_DIR, partial_path
 from teachclip.core.config import ComputeConfig, DecodeConfig, DemoConfig
 from teachclip.core.manifest import load_manifest, write_manifest
 from teachclip.stages import decode as decode_module
-from teachclip.stages.decode import TooManyFailuresError, decode, frames_fingerprint, sampling_config
+from teachclip.stages.decode import TooManyFailuresError, decode, sampling_config
+from teachclip.stores import frames as frames_store_module
+from teachclip.stores.frames import FramesStore, FramesStoreError, StoreMismatchError, frames_fingerprint
+from teachclip.stores.zarr_io import PROGRESS_DIR, partial_path
 from teachclip.video import ffmpeg_binary_path, sample_frames
 
 FFMPEG = ffmpeg_binary_path()
@@ -117,7 +118,7 @@ def test_store_schema_shapes_mask_and_fingerprints(tmp_path, good_manifest, clip
     for row, index in enumerate([1, 2, 3]):
         np.testing.assert_array_equal(run[row], store.read([index])[0][0])
     np.testing.assert_array_equal(store.index(["v2", "v0"]), [2, 0])
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(FramesStoreError, match="nope"):
         store.index(["v1", "nope"])
 
 
@@ -180,11 +181,11 @@ def test_cli_exit_status_follows_the_failure_limit(tmp_path, clips, bad_files):
     params = tmp_path / "params.yaml"
     params.write_text("decode:\n  max_failure_fraction: 0.6\n  videos_per_shard: 1\n")
     command = [sys.executable, "-m", "teachclip.cli", "--params", str(params), "decode", "--manifest",
-               str(manifest), "--frames", "3", "--size", "8", "--scheduler", "sync"]  # fmt: skip
+               str(manifest), "-S", "decode.frames_per_video=3", "--set", "decode.size=8", "--scheduler", "sync"]  # fmt: skip
     ok = subprocess.run([*command, "--out", str(tmp_path / "a.zarr")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "1 of 2 videos ok, 1 failed" in ok.stdout
-    assert FramesStore.open(tmp_path / "a.zarr").sampling["frames_per_video"] == 3  # flag beat params
+    assert FramesStore.open(tmp_path / "a.zarr").sampling["frames_per_video"] == 3  # --set beat params
     params.write_text("decode:\n  max_failure_fraction: 0.4\n")
     over = subprocess.run([*command, "--out", str(tmp_path / "b.zarr")], capture_output=True, text=True)
     assert over.returncode == 1 and "max_failure_fraction" in over.stderr
@@ -246,7 +247,7 @@ def _must_not_run(*args, **kwargs):
 
 def _interrupted_run(out: Path, manifest: Path, shards: int, config: DecodeConfig = SMALL) -> Path:
     """Run decode in process and stop it (like a kill) after ``shards`` shards were recorded."""
-    real = decode_module.mark_done
+    real = frames_store_module.mark_done
     done = []
 
     def mark_then_maybe_stop(partial, unit):
@@ -255,12 +256,12 @@ def _interrupted_run(out: Path, manifest: Path, shards: int, config: DecodeConfi
         if len(done) == shards:
             raise _Stop
 
-    decode_module.mark_done = mark_then_maybe_stop
+    frames_store_module.mark_done = mark_then_maybe_stop
     try:
         with pytest.raises(_Stop):
             decode(manifest, out, config, SYNC, progress=False)
     finally:
-        decode_module.mark_done = real
+        frames_store_module.mark_done = real
     return partial_path(out)
 
 
@@ -292,7 +293,7 @@ def test_killed_between_final_attributes_and_rename_finishes_on_rerun(tmp_path, 
     def killed(partial, out):
         raise _Stop
 
-    monkeypatch.setattr(decode_module, "finalize", killed)
+    monkeypatch.setattr(frames_store_module, "finalize", killed)
     out = tmp_path / "frames.zarr"
     with pytest.raises(_Stop):
         decode(good_manifest, out, SMALL, SYNC, progress=False)

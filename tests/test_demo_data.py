@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from teachclip.cli import app
 from teachclip.core.config import ConfigError, DemoConfig
 from teachclip.core.manifest import load_manifest
-from teachclip.stages.demo_data import (
+from teachclip.demo.render import render_video, sprite
+from teachclip.demo.vocabulary import (
     COLOURS,
     DIRECTIONS,
     JUNK_KINDS,
@@ -24,12 +25,8 @@ from teachclip.stages.demo_data import (
     TEMPLATES,
     ObjectSpec,
     compose_caption,
-    generate_demo,
-    plan_videos,
-    render_video,
-    sprite,
-    summarize,
 )
+from teachclip.stages.demo_data import generate_demo, plan_videos, summarize
 
 TINY = DemoConfig(videos=6, test_fraction=0.34)
 
@@ -274,7 +271,7 @@ def test_inconsistent_config_is_refused(fields, message):
 def test_cli_demo_data(tmp_path):
     out = tmp_path / "cli"
     result = CliRunner().invoke(
-        app, ["--params", os.devnull, "demo-data", str(out), "--videos", "4", "--seed", "3", "--workers", "1"]
+        app, ["--params", os.devnull, "demo-data", str(out), "-S", "demo.videos=4", "-S", "demo.seed=3", "--workers", "1"]
     )
     assert result.exit_code == 0, result.output
     assert len(load_manifest(out).videos) == 4
@@ -283,7 +280,7 @@ def test_cli_demo_data(tmp_path):
 
 def test_cli_demo_data_bad_flag_is_a_clean_error(tmp_path):
     result = CliRunner().invoke(
-        app, ["--params", os.devnull, "demo-data", str(tmp_path / "x"), "--videos", "2"]
+        app, ["--params", os.devnull, "demo-data", str(tmp_path / "x"), "-S", "demo.videos=2"]
     )
     assert result.exit_code == 1
     assert "error:" in result.output and "videos" in result.output

@@ -8,15 +8,15 @@ import torch
 from test_train_teacher import MICRO, make_frames_dataset
 from typer.testing import CliRunner
 
-from teachclip.stores.frames import FramesStore, StoreMismatchError
 from teachclip.cli import app
+from teachclip.core.config import ComputeConfig, EvaluateConfig, StudentConfig, TeacherConfig
+from teachclip.core.manifest import load_manifest, write_manifest
+from teachclip.models.factory import create_teacher, save_teacher
 from teachclip.models.io import save_model
 from teachclip.models.metrics import retrieval_metrics
 from teachclip.models.student import Student
-from teachclip.models.teachers import build_teacher, save_teacher
-from teachclip.core.config import ComputeConfig, EvaluateConfig, StudentConfig, TeacherConfig
-from teachclip.core.manifest import load_manifest, write_manifest
 from teachclip.stages.evaluate import evaluate
+from teachclip.stores.frames import FramesStore, StoreMismatchError
 
 CONFIG = EvaluateConfig(batch_videos=3, batch_texts=4, block_texts=3, block_videos=2)
 CPU = ComputeConfig(device="cpu")
@@ -48,8 +48,8 @@ def test_student_directory(dataset, tmp_path):
     student = Student(config).eval()
     save_model(tmp_path / "student", student, "student", config)
 
-    metrics = evaluate(tmp_path / "student", frames, manifest_dir, tmp_path / "m.json", CONFIG, CPU,
-                       dump_similarity=tmp_path / "sim.npz")
+    (metrics,) = evaluate([(tmp_path / "student", tmp_path / "m.json")], frames, manifest_dir, CONFIG, CPU,
+                          dump_similarity=tmp_path / "sim.npz")
     video_ids, captions, batch_frames, mask, gt, excluded, counts = valid_test_split(manifest_dir, frames)
     assert counts["excluded_videos"] == 2 and counts["excluded_captions"] == 2 and counts["videos"] == 7
     with torch.no_grad():
@@ -73,10 +73,10 @@ def test_student_directory(dataset, tmp_path):
 def test_teacher_directory_scored_by_its_own_similarity(dataset, tmp_path):
     manifest_dir, frames = dataset
     torch.manual_seed(0)
-    teacher = build_teacher(TeacherConfig(kind="xpool", backbone=MICRO)).eval()
+    teacher = create_teacher(TeacherConfig(kind="xpool", backbone=MICRO)).eval()
     save_teacher(teacher, tmp_path / "xpool")
-    metrics = evaluate(tmp_path / "xpool", frames, manifest_dir, tmp_path / "m.json", CONFIG, CPU,
-                       dump_similarity=tmp_path / "sim.npz")
+    (metrics,) = evaluate([(tmp_path / "xpool", tmp_path / "m.json")], frames, manifest_dir, CONFIG, CPU,
+                          dump_similarity=tmp_path / "sim.npz")
     video_ids, captions, batch_frames, mask, gt, excluded, counts = valid_test_split(manifest_dir, frames)
     with torch.no_grad():  # unblocked, per-pair definition
         expected = teacher.similarity(
@@ -98,7 +98,7 @@ def test_refuses_frames_of_another_manifest(dataset, tmp_path):
     config = StudentConfig(backbone=MICRO, afa=False)
     save_model(tmp_path / "student", Student(config), "student", config)
     with pytest.raises(StoreMismatchError, match=manifest.fingerprint("content")):
-        evaluate(tmp_path / "student", frames, other, tmp_path / "m.json", CONFIG, CPU)
+        evaluate([(tmp_path / "student", tmp_path / "m.json")], frames, other, CONFIG, CPU)
 
 
 def test_cli_evaluate(dataset, tmp_path):
@@ -127,7 +127,7 @@ def test_frames_store_records_its_manifest_fingerprint_mode(dataset, tmp_path, m
     from teachclip.core.config import DecodeConfig
     from teachclip.core.manifest import Manifest
     from teachclip.stages.decode import decode
-    from teachclip.stages.evaluate import open_frames_for
+    from teachclip.stores import open_for_manifest
 
     manifest_dir, _ = dataset
     frames = tmp_path / "stat.zarr"
@@ -142,5 +142,5 @@ def test_frames_store_records_its_manifest_fingerprint_mode(dataset, tmp_path, m
         return original(self, mode)
 
     monkeypatch.setattr(Manifest, "fingerprint", spy)
-    open_frames_for(frames, load_manifest(manifest_dir))
+    open_for_manifest(frames, load_manifest(manifest_dir))
     assert modes == ["stat"]

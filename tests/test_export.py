@@ -11,12 +11,13 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from teachclip.stores.frames import FramesStore
 from teachclip.cli import app
-from teachclip.models.io import load_model, save_model
-from teachclip.models.student import Student
 from teachclip.core.config import BackboneConfig, StudentConfig
 from teachclip.core.manifest import load_manifest
+from teachclip.models.factory import load_model
+from teachclip.models.io import save_model
+from teachclip.models.student import Student
+from teachclip.stores.frames import FramesStore
 from teachclip.tools.export import export_student
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "export-and-search.md"
@@ -96,10 +97,10 @@ def test_export_files_are_plain_open_clip_weights(data, tmp_path):
 
 
 def test_export_refuses_a_teacher_and_missing_models(tmp_path):
-    from teachclip.models.teachers import build_teacher, save_teacher
     from teachclip.core.config import TeacherConfig
+    from teachclip.models.factory import create_teacher, save_teacher
 
-    save_teacher(build_teacher(TeacherConfig(kind="xpool", backbone=MICRO)), tmp_path / "teacher")
+    save_teacher(create_teacher(TeacherConfig(kind="xpool", backbone=MICRO)), tmp_path / "teacher")
     with pytest.raises(ValueError, match="not a student"):
         export_student(tmp_path / "teacher", tmp_path / "x")
     result = CliRunner().invoke(app, ["export", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])

@@ -10,13 +10,7 @@ import zarr
 from test_train_teacher import MICRO, make_frames_dataset
 from typer.testing import CliRunner
 
-from teachclip.stores.frames import FrameFeaturesStore, FramesStore, FramesStoreError, StoreMismatchError
-from teachclip.stores.zarr_io import done_units, partial_path
 from teachclip.cli import app
-from teachclip.models.backbone import Backbone
-from teachclip.models.io import save_model
-from teachclip.models.student import Student
-from teachclip.models.teachers import build_teacher
 from teachclip.core.config import (
     ComputeConfig,
     EvaluateConfig,
@@ -27,12 +21,20 @@ from teachclip.core.config import (
     TrainTeacherConfig,
 )
 from teachclip.core.manifest import load_manifest
-from teachclip.stages.demo_data import META_FILE
+from teachclip.demo.vocabulary import META_FILE
+from teachclip.models.backbone import Backbone
+from teachclip.models.factory import create_teacher, load_model
+from teachclip.models.io import save_model
+from teachclip.models.student import Student
 from teachclip.stages.encode_frames import encode_frames
-from teachclip.stages.evaluate import evaluate_split
 from teachclip.stages.pretrain_backbone import PretrainError, labelled_frames, pretrain_backbone
 from teachclip.stages.train_student import train_student
-from teachclip.stages.train_teacher import train_contrastive
+from teachclip.stores import open_video_store
+from teachclip.stores.features import FrameFeaturesStore
+from teachclip.stores.frames import FramesStore, FramesStoreError, StoreMismatchError
+from teachclip.stores.zarr_io import done_units, partial_path
+from teachclip.training.contrastive import train_contrastive
+from teachclip.training.scoring import evaluate_split
 
 CPU = ComputeConfig(device="cpu", scheduler="sync")
 FROZEN = MICRO.model_copy(update={"freeze_visual": True})
@@ -58,12 +60,12 @@ def seeded_student(seed=0, **fields):
 
 def seeded_teacher(kind="xpool"):
     torch.manual_seed(0)
-    return build_teacher(TeacherConfig(kind=kind, backbone=FROZEN)).eval()
+    return create_teacher(TeacherConfig(kind=kind, backbone=FROZEN)).eval()
 
 
 def test_features_are_the_towers_outputs(dataset, features):
     _, frames = dataset
-    pixels_store, store = FramesStore.open(frames), FramesStore.open(features)
+    pixels_store, store = FramesStore.open(frames), open_video_store(features)
     assert isinstance(store, FrameFeaturesStore) and store.holds_features
     assert store.fingerprint == pixels_store.fingerprint and store.video_ids == pixels_store.video_ids
     assert store.failures == pixels_store.failures and (store.frame_mask == pixels_store.frame_mask).all()
@@ -87,14 +89,14 @@ def test_evaluation_on_features_equals_evaluation_on_frames(dataset, features):
     config = EvaluateConfig(batch_videos=3)
     for model in (seeded_student(afa=True), seeded_teacher()):
         on_pixels = evaluate_split(model, FramesStore.open(frames), manifest, config, torch.device("cpu"))
-        on_features = evaluate_split(model, FramesStore.open(features), manifest, config, torch.device("cpu"))
+        on_features = evaluate_split(model, open_video_store(features), manifest, config, torch.device("cpu"))
         np.testing.assert_allclose(on_features.similarity, on_pixels.similarity, atol=2e-3)
         assert on_features.metrics["score_ms_per_query"] >= 0
 
 
 def test_refuses_other_towers_and_trainable_towers(dataset, features):
     manifest_dir, _ = dataset
-    manifest, store = load_manifest(manifest_dir), FramesStore.open(features)
+    manifest, store = load_manifest(manifest_dir), open_video_store(features)
     with pytest.raises(FramesStoreError, match="rerun `teach encode-frames`"):
         evaluate_split(seeded_student(seed=1), store, manifest, EvaluateConfig(), torch.device("cpu"))
     torch.manual_seed(0)
@@ -103,7 +105,7 @@ def test_refuses_other_towers_and_trainable_towers(dataset, features):
         evaluate_split(trainable, store, manifest, EvaluateConfig(), torch.device("cpu"))
     with pytest.raises(ValueError, match="frozen image tower"):
         trainable.backbone.encode_images(torch.zeros(2, trainable.backbone.embed_dim))
-    ts2net = build_teacher(TeacherConfig(kind="ts2net", backbone=FROZEN))
+    ts2net = create_teacher(TeacherConfig(kind="ts2net", backbone=FROZEN))
     with pytest.raises(ValueError, match="needs the frames store"):
         ts2net.encode_videos({"frames": torch.zeros(1, 4, 32), "mask": torch.ones(1, 4, dtype=torch.bool),
                               "video_ids": ["v"]})
@@ -111,7 +113,7 @@ def test_refuses_other_towers_and_trainable_towers(dataset, features):
 
 def test_training_stages_run_on_features(dataset, features, tmp_path):
     manifest_dir, _ = dataset
-    manifest, store = load_manifest(manifest_dir), FramesStore.open(features)
+    manifest, store = load_manifest(manifest_dir), open_video_store(features)
     teacher = seeded_teacher().train()
     visual_before = teacher.backbone.visual_fingerprint()
     rows = train_contrastive(teacher, store, manifest, tmp_path / "teacher",
@@ -146,7 +148,7 @@ def test_resume_and_refusals(dataset, features, tmp_path):
     torch.manual_seed(5)  # another tower: the finished store is refused, naming both fingerprints
     with pytest.raises(StoreMismatchError, match="--overwrite"):
         encode_frames(frames, out, backbone_config, CPU, progress=False)
-    with pytest.raises(FramesStoreError, match="already a frame-features store"):
+    with pytest.raises(FramesStoreError, match="a frame-features store, but a frames store is needed"):
         encode_frames(out, tmp_path / "again.zarr", backbone_config, CPU, progress=False)
 
 
@@ -183,13 +185,16 @@ def test_pretrain_backbone_writes_a_loadable_tower(dataset, tmp_path):
     last = pretrain_backbone(manifest_dir, frames, tmp_path / "backbone", config, CPU, progress=False)
     assert last["epoch"] == 2 and 0 <= last["heldout_R1"] <= 100
     document = json.loads((tmp_path / "backbone" / "config.json").read_text())
-    assert document["backbone"]["name"] == "teachclip-micro" and document["train_frames"] > 8
-    loaded = Backbone(MICRO.model_copy(update={"pretrained": str(tmp_path / "backbone" / "clip.safetensors")}))
+    assert document["kind"] == "backbone" and document["config"]["name"] == "teachclip-micro"
+    assert document["extra"]["train_frames"] > 8
     from safetensors.torch import load_file
 
-    saved = load_file(str(tmp_path / "backbone" / "clip.safetensors"))
-    for name, tensor in loaded.clip.state_dict().items():
-        torch.testing.assert_close(tensor, saved[name])
+    saved = load_file(str(tmp_path / "backbone" / "model.safetensors"))
+    for source in (tmp_path / "backbone" / "model.safetensors", tmp_path / "backbone"):  # the file or its directory
+        loaded = Backbone(MICRO.model_copy(update={"pretrained": str(source)}))
+        for name, tensor in loaded.clip.state_dict().items():
+            torch.testing.assert_close(tensor, saved[f"clip.{name}"])
+    assert isinstance(load_model(tmp_path / "backbone"), Backbone)  # a saved model of kind "backbone"
     # resume after the last epoch: nothing left to train, the same result
     again = pretrain_backbone(manifest_dir, frames, tmp_path / "backbone", config, CPU, resume=True, progress=False)
     assert again == last
@@ -215,7 +220,7 @@ def test_cli_encode_frames_and_multi_model_evaluate(dataset, tmp_path):
     result = runner.invoke(app, ["--params", str(params), "encode-frames", "--frames", str(frames),
                                  "--out", str(tmp_path / "features.zarr")])
     assert result.exit_code == 0, result.output
-    assert isinstance(FramesStore.open(tmp_path / "features.zarr"), FrameFeaturesStore)
+    assert isinstance(open_video_store(tmp_path / "features.zarr"), FrameFeaturesStore)
     for name in ("one", "two"):  # several models, one process, one metrics file each (pixels: any tower)
         save_model(tmp_path / name, seeded_student(), "student", StudentConfig(backbone=FROZEN))
     result = runner.invoke(app, ["--params", str(params), "evaluate", "--frames", str(frames), "--manifest",

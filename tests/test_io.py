@@ -7,11 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from teachclip.models import io
-from teachclip.models.backbone import load_state_dict_safely
-from teachclip.models.io import CheckpointError, load_model, read_config, register_kind, save_model
-from teachclip.models.student import Student
 from teachclip.core.config import BackboneConfig, StudentConfig
+from teachclip.models.factory import load_model
+from teachclip.models.io import CheckpointError, load_state_dict_safely, load_weights, read_config, save_model
+from teachclip.models.student import Student
 
 
 class _Tied(nn.Module):
@@ -25,18 +24,6 @@ class _Tied(nn.Module):
 
     def forward(self, x):
         return self.decoder(self.encoder(x))
-
-
-def _build_tied(config):
-    return _Tied(config["width"])
-
-
-def _build_linear(config):
-    return nn.Linear(config["inputs"], config["outputs"])
-
-
-register_kind("test-tied", _build_tied)
-register_kind("test-linear", _build_linear)
 
 
 def _student_inputs(student):
@@ -92,7 +79,8 @@ def test_student_rebuild_does_not_fetch_pretrained(tmp_path):
 def test_tied_tensors_round_trip(tmp_path):
     model = _Tied(4)
     save_model(tmp_path, model, "test-tied", {"width": 4})
-    loaded = load_model(tmp_path)
+    loaded = _Tied(4)
+    load_weights(loaded, tmp_path)
     assert loaded.decoder.weight is loaded.encoder.weight
     x = torch.randn(2, 4)
     assert torch.equal(loaded(x), model(x))
@@ -101,7 +89,8 @@ def test_tied_tensors_round_trip(tmp_path):
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model(tmp_path)
-    save_model(tmp_path, nn.Linear(2, 3), "test-linear", {"inputs": 2, "outputs": 3})
+    config = StudentConfig(backbone=BackboneConfig(name="teachclip-micro"))
+    save_model(tmp_path, Student(config), "student", config)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(tmp_path)
@@ -115,18 +104,25 @@ def test_unknown_kind_lists_registered(tmp_path):
 
 def test_shape_mismatch_names_the_file(tmp_path):
     save_model(tmp_path, nn.Linear(2, 3), "test-linear", {"inputs": 2, "outputs": 3})
-    document = json.loads((tmp_path / "config.json").read_text())
-    document["config"]["outputs"] = 5
-    (tmp_path / "config.json").write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match=r"(?s)model\.safetensors.*size mismatch"):
-        load_model(tmp_path)
+        load_weights(nn.Linear(2, 5), tmp_path)
+    config = StudentConfig(backbone=BackboneConfig(name="teachclip-micro"))
+    save_model(tmp_path / "student", Student(config), "student", config)
+    document = json.loads((tmp_path / "student" / "config.json").read_text())
+    document["config"]["backbone"]["name"] = "teachclip-tiny"  # another architecture than the weights
+    (tmp_path / "student" / "config.json").write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match=r"(?s)model\.safetensors.*size mismatch"):
+        load_model(tmp_path / "student")
 
 
-def test_conflicting_registration_refused():
-    register_kind("test-linear", _build_linear)  # the same builder again is fine
-    with pytest.raises(ValueError, match="already registered"):
-        register_kind("test-linear", lambda config: nn.Identity())
-    assert "test-linear" in io.registered_kinds()
+def test_every_teacher_kind_and_the_student_rebuild_by_kind():
+    from teachclip.models.factory import BACKBONE, STUDENT, _builder, is_retrieval_model
+    from teachclip.models.teachers import TEACHERS
+
+    for kind in [STUDENT, BACKBONE, *TEACHERS]:
+        assert callable(_builder(kind, pathlib.Path("config.json")))
+    assert is_retrieval_model(STUDENT) and all(is_retrieval_model(kind) for kind in TEACHERS)
+    assert not is_retrieval_model(BACKBONE)
 
 
 class _RunsCode:

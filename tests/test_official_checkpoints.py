@@ -1,10 +1,10 @@
-"""Official X-CLIP / TS2-Net / X-Pool checkpoints, loaded through ``build_teacher``.
+"""Official X-CLIP / TS2-Net / X-Pool checkpoints, loaded through ``create_teacher``.
 
 Each test writes a state dict with the official key names and shapes (random values) at a shrunk
 ViT-B/32-like size: towers of width 64 with 2 layers of 2 heads, 32-px frames in 8-px patches, 77 text
 positions, embeddings of 64 (text width == embedding size, as at B/32, where X-CLIP's and TS2-Net's
 ``transformerClip`` runs on the frame embeddings with the text width). The file is saved with
-``torch.save`` (plain tensors only), loaded through ``build_teacher``, and the teacher's outputs are
+``torch.save`` (plain tensors only), loaded through ``create_teacher``, and the teacher's outputs are
 compared with each method's formula written here straight from the official tensors: a small CLIP
 forward that reads both OpenAI names (``attn.in_proj_weight``, q/k/v packed as nn.MultiheadAttention
 does) and HF CLIPModel names (separate ``q_proj``/``k_proj``/``v_proj``), X-Pool's pooling from
@@ -27,13 +27,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from teachclip.models.teachers import build_teacher, load_teacher, save_teacher
+from teachclip.core.config import TeacherConfig
+from teachclip.models.factory import create_teacher, load_teacher, save_teacher
 from teachclip.models.teachers.official import (
     OfficialCheckpointError,
     convert_official_state_dict,
     detect_kind,
 )
-from teachclip.core.config import TeacherConfig
 
 WIDTH, EMBED, LAYERS, HEADS, PATCH, IMAGE, CONTEXT, VOCAB = 64, 64, 2, 2, 8, 32, 77, 49408
 PATCHES = (IMAGE // PATCH) ** 2
@@ -404,7 +404,7 @@ def xpool_file(tmp_path: Path, sd: dict, name: str = "model_best.pth") -> Path:
 def xpool_hf(tmp_path_factory):
     sd = hf_clip(Random(1)) | xpool_head(Random(2))
     path = xpool_file(tmp_path_factory.mktemp("xpool"), sd)
-    return sd, path, build_teacher(teacher_config("xpool", path)).eval()
+    return sd, path, create_teacher(teacher_config("xpool", path)).eval()
 
 
 def test_xpool_hf_checkpoint_matches_the_formula(xpool_hf):
@@ -424,7 +424,7 @@ def test_xpool_hf_checkpoint_matches_the_formula(xpool_hf):
 
 def test_xpool_openai_names_match_the_formula(tmp_path):
     sd = openai_clip(Random(3)) | xpool_head(Random(4))
-    teacher = build_teacher(teacher_config("xpool", xpool_file(tmp_path, sd))).eval()
+    teacher = create_teacher(teacher_config("xpool", xpool_file(tmp_path, sd))).eval()
     videos = make_frames(2, 4)
     similarity, _ = scores(teacher, TEXTS, videos)
     expected, _ = xpool_reference(sd, ReferenceClip.from_openai(sd), teacher.tokenize(TEXTS), videos)
@@ -495,7 +495,7 @@ def xclip_official(tmp_path_factory):
     sd = xclip_state(Random(11), max_frames=steps)
     path = tmp_path_factory.mktemp("xclip") / "pytorch_model.bin.4"
     torch.save(sd, path)
-    return sd, path, build_teacher(teacher_config("xclip", path)).eval(), steps
+    return sd, path, create_teacher(teacher_config("xclip", path)).eval(), steps
 
 
 def test_xclip_checkpoint_matches_the_four_scores(xclip_official):
@@ -524,13 +524,13 @@ def test_official_teacher_survives_save_and_load(xclip_official, tmp_path):
 def test_implied_options_may_not_be_contradicted(xclip_official):
     _, path, _, _ = xclip_official
     with pytest.raises(OfficialCheckpointError, match=r"options\.frame_features: the checkpoint needs 'clip'"):
-        build_teacher(teacher_config("xclip", path, frame_features="temporal"))
+        create_teacher(teacher_config("xclip", path, frame_features="temporal"))
 
 
 def test_official_file_for_another_kind_is_refused(xclip_official):
     _, path, _, _ = xclip_official
     with pytest.raises(OfficialCheckpointError, match="official X-CLIP checkpoint.*use kind 'xclip'"):
-        build_teacher(teacher_config("xpool", path))
+        create_teacher(teacher_config("xpool", path))
 
 
 # ---- TS2-Net -------------------------------------------------------------------------------------------
@@ -575,7 +575,7 @@ def test_ts2net_checkpoint_matches_the_formula(tmp_path):
     sd = ts2net_state(Random(21))
     path = tmp_path / "pytorch_model.bin.2"
     torch.save(sd, path)
-    teacher = build_teacher(teacher_config("ts2net", path)).eval()
+    teacher = create_teacher(teacher_config("ts2net", path)).eval()
     options = teacher.options
     assert (options.positions, options.shift, options.shift_layers) == ("token", "token", 1)
     assert (options.shift_div, options.shift_next_offset) == ((PATCHES + 1) // 7, 3)
@@ -612,9 +612,9 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "model_best.pth"
     torch.save({"state_dict": sd, "hook": PickledCode()}, path)
     with pytest.raises(ValueError, match="refused to load"):
-        build_teacher(teacher_config("xpool", path, checkpoint_format="official"))
+        create_teacher(teacher_config("xpool", path, checkpoint_format="official"))
     with pytest.raises(ValueError, match="refused to load"):
-        build_teacher(teacher_config("xpool", path))
+        create_teacher(teacher_config("xpool", path))
     assert calls == []
 
 
@@ -622,20 +622,20 @@ def test_missing_extra_and_misshapen_keys_are_listed(tmp_path):
     sd = hf_clip(Random(1)) | xpool_head(Random(2))
     missing = {k: v for k, v in sd.items() if k != "pool_frames.layer_norm2.bias"}
     with pytest.raises(OfficialCheckpointError, match=r"head\.ln_attn\.bias: not in the checkpoint"):
-        build_teacher(teacher_config("xpool", xpool_file(tmp_path, missing, "missing.pth")))
+        create_teacher(teacher_config("xpool", xpool_file(tmp_path, missing, "missing.pth")))
 
     misshapen = sd | {"pool_frames.linear_proj.weight": torch.zeros(EMBED, EMBED // 2)}
     with pytest.raises(OfficialCheckpointError,
                        match=r"pool_frames\.linear_proj\.weight -> head\.refine\.weight: checkpoint shape \[64, 32\], "
                              r"teacher shape \[64, 64\]"):
-        build_teacher(teacher_config("xpool", xpool_file(tmp_path, misshapen, "misshapen.pth")))
+        create_teacher(teacher_config("xpool", xpool_file(tmp_path, misshapen, "misshapen.pth")))
 
     extra = sd | {"pool_frames.gate.weight": torch.zeros(3), "clip.text_model.pooler.weight": torch.zeros(2)}
     path = xpool_file(tmp_path, extra, "extra.pth")
     with pytest.raises(OfficialCheckpointError, match="no counterpart") as error:
-        build_teacher(teacher_config("xpool", path))
+        create_teacher(teacher_config("xpool", path))
     assert "pool_frames.gate.weight" in str(error.value) and "clip.text_model.pooler.weight" in str(error.value)
-    teacher = build_teacher(teacher_config("xpool", path, checkpoint_ignore=["pool_frames.gate.*", "clip.*.pooler.*"]))
+    teacher = create_teacher(teacher_config("xpool", path, checkpoint_ignore=["pool_frames.gate.*", "clip.*.pooler.*"]))
     assert teacher.official_conversion.ignored == ["clip.text_model.pooler.weight", "pool_frames.gate.weight"]
 
 
@@ -648,7 +648,7 @@ def test_unsupported_heads_are_refused():
 def test_a_gelu_backbone_is_refused(tmp_path):
     sd = hf_clip(Random(1)) | xpool_head(Random(2))
     with pytest.raises(OfficialCheckpointError, match="QuickGELU.*ViT-B-32-quickgelu"):
-        build_teacher(teacher_config("xpool", xpool_file(tmp_path, sd), model=MODEL_GELU))
+        create_teacher(teacher_config("xpool", xpool_file(tmp_path, sd), model=MODEL_GELU))
 
 
 def test_our_own_weight_files_still_load_and_are_not_official(tmp_path, xpool_hf):
@@ -656,8 +656,8 @@ def test_our_own_weight_files_still_load_and_are_not_official(tmp_path, xpool_hf
     path = tmp_path / "ours.pt"
     torch.save(teacher.state_dict(), path)
     assert detect_kind(teacher.state_dict()) is None
-    again = build_teacher(teacher_config("xpool", path)).eval()  # auto: our own names
+    again = create_teacher(teacher_config("xpool", path)).eval()  # auto: our own names
     videos = make_frames(2, 3)
     torch.testing.assert_close(scores(again, TEXTS, videos)[0], scores(teacher, TEXTS, videos)[0])
     with pytest.raises(OfficialCheckpointError, match="teachclip's own format"):
-        build_teacher(teacher_config("xpool", path, checkpoint_format="official"))
+        create_teacher(teacher_config("xpool", path, checkpoint_format="official"))

@@ -10,10 +10,10 @@ import open_clip
 import pytest
 
 import teachclip.models.backbone  # noqa: F401  (registers the project's own open_clip configs)
+from teachclip.core.config import load_params
 from teachclip.models.teachers import TEACHERS
 from teachclip.models.teachers.caption_sim import CaptionSimOptions
 from teachclip.models.teachers.official import split_checkpoint_options
-from teachclip.core.config import load_params
 
 PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"
 FILES = sorted(PARAMS_DIR.glob("*.yaml")) + sorted(PARAMS_DIR.glob("*.yml"))

@@ -7,13 +7,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from teachclip.stores.frames import FramesStore
 from teachclip.cli import app
-from teachclip.models.io import load_model, save_model
-from teachclip.models.student import Student
 from teachclip.core.config import BackboneConfig, StudentConfig
 from teachclip.core.manifest import load_manifest
-from teachclip.tools.search import Searcher, SearchIndex, SearchIndexError, build_index, model_fingerprint
+from teachclip.models.factory import load_model
+from teachclip.models.io import model_fingerprint, save_model
+from teachclip.models.student import Student
+from teachclip.stores.frames import FramesStore
+from teachclip.stores.search_index import SearchIndexError, read_index
+from teachclip.tools.search import Searcher, build_index
 
 MICRO = BackboneConfig(name="teachclip-micro", precision="fp32")
 
@@ -50,11 +52,11 @@ def student_vectors(model_dir, frames, texts):
 def test_index_holds_one_unit_vector_per_video(setup):
     root, _, frames, model = setup
     video_ids, videos, _ = student_vectors(model, frames, ["x"])
-    index32, index16 = SearchIndex(root / "index32.zarr"), SearchIndex(root / "index16.zarr")
+    index32, index16 = read_index(root / "index32.zarr"), read_index(root / "index16.zarr")
     assert index32.video_ids == index16.video_ids == video_ids
-    assert index32.embeddings.dtype == torch.float32 and index16.embeddings.dtype == torch.float16
-    torch.testing.assert_close(index32.embeddings, videos, rtol=0, atol=1e-6)
-    torch.testing.assert_close(index16.embeddings.float(), videos, rtol=0, atol=1e-3)
+    assert index32.embeddings.dtype == np.float32 and index16.embeddings.dtype == np.float16
+    torch.testing.assert_close(torch.from_numpy(index32.embeddings), videos, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(index16.embeddings).float(), videos, rtol=0, atol=1e-3)
     assert index32.attrs["model_fingerprint"] == model_fingerprint(model)
     assert index32.attrs["frames_fingerprint"] == FramesStore.open(frames).fingerprint
     assert index32.attrs["n_videos"] == len(video_ids) and index32.attrs["dim"] == videos.shape[1]
@@ -63,10 +65,14 @@ def test_index_holds_one_unit_vector_per_video(setup):
 @pytest.mark.parametrize("name", ["index32.zarr", "index16.zarr"])
 def test_a_videos_own_vector_is_its_top_hit(setup, name):
     root = setup[0]
-    index = SearchIndex(root / name)
-    for row in range(len(index.video_ids)):
-        scores, rows = index.top_k(index.embeddings[row].float(), k=3)
-        assert int(rows[0]) == row and float(scores[0]) == pytest.approx(1.0, abs=2e-3)
+    searcher = Searcher(root / name, device="cpu")
+    # float16 scores resolve ~1e-3 near 1: an untrained model's near-duplicate videos may tie with the own one
+    tolerance = 2e-3 if name == "index16.zarr" else 0.0
+    for row in range(len(searcher.index.video_ids)):
+        scores, rows = searcher.top_k(searcher.embeddings[row].float(), k=len(searcher.index.video_ids))
+        own = float(scores[rows.tolist().index(row)])
+        assert own >= float(scores[0]) - tolerance and own == pytest.approx(1.0, abs=2e-3)
+        assert tolerance or int(rows[0]) == row
         assert scores.tolist() == sorted(scores.tolist(), reverse=True)
 
 
@@ -90,7 +96,7 @@ def test_a_query_model_that_differs_is_refused(setup, tmp_path):
     with pytest.raises(SearchIndexError, match="was built by model"):
         Searcher(root / "index16.zarr", other, device="cpu")
     with pytest.raises(SearchIndexError, match="not found"):
-        SearchIndex(tmp_path / "missing.zarr")
+        read_index(tmp_path / "missing.zarr")
 
 
 def test_cli_index_and_query(setup, tmp_path):

@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from helpers import sha256_tree
 from typer.testing import CliRunner
 
-from teachclip.stores import sharing
-from teachclip.stores import teachers as cache
-from teachclip.stores.zarr_io import partial_path
 from teachclip.cli import app
 from teachclip.core.config import (
     BackboneConfig,
@@ -32,6 +30,21 @@ from teachclip.core.config import (
 from teachclip.stages import extract_teachers as stage
 from teachclip.stages.decode import decode
 from teachclip.stages.demo_data import generate_demo
+from teachclip.stores.teacher_cache import open_teacher_caches
+from teachclip.stores.teacher_cache.dense import create_group, write_block
+from teachclip.stores.teacher_cache.hdf5 import HDF5_ATTRIBUTES, export_hdf5, import_hdf5
+from teachclip.stores.teacher_cache.publish import publish_groups
+from teachclip.stores.teacher_cache.remote import (
+    REMOTE_INDEX,
+    fetch_into,
+    find_remote,
+    list_remote,
+    pull,
+    push,
+)
+from teachclip.stores.teacher_cache.schema import CacheLayout, SharingError, TeacherIdentity
+from teachclip.stores.teacher_cache.verify import verify_group, verify_store
+from teachclip.stores.zarr_io import partial_path
 
 SYNC = ComputeConfig(scheduler="sync")
 
@@ -40,21 +53,21 @@ def synthetic_cache(store: Path, name: str = "teacher", seed: int = 0, n_texts: 
                     frames: int = 3) -> Path:
     """A small finished cache written through the writer API (random scores, no teacher needed)."""
     rng = np.random.default_rng(seed)
-    identity = cache.TeacherIdentity(
+    identity = TeacherIdentity(
         kind="xpool", config={"seed": seed}, checkpoint_sha256=f"{seed:064x}", score_version=1,
         has_frame_relevance=True, similarity_definition="cos", relevance_definition="logits",
         frames_fingerprint="f" * 64, manifest_fingerprint="m" * 64,
     )
-    layout = cache.CacheLayout(n_texts, n_videos, frames, block_texts=4, chunk_texts=2, chunk_videos=4)
+    layout = CacheLayout(n_texts, n_videos, frames, block_texts=4, chunk_texts=2, chunk_videos=4)
     partial = partial_path(store)
     text_video = rng.integers(0, n_videos, n_texts)
-    cache.create_group(partial, name, identity, layout, [f"c{i:03d}" for i in range(n_texts)],
+    create_group(partial, name, identity, layout, [f"c{i:03d}" for i in range(n_texts)],
                        [f"v{i:03d}" for i in range(n_videos)], text_video)
     for block in range(layout.n_blocks):
         start, stop = layout.block_rows(block)
-        cache.write_block(partial / name, block, rng.normal(size=(stop - start, n_videos)),
+        write_block(partial / name, block, rng.normal(size=(stop - start, n_videos)),
                           rng.normal(size=(stop - start, frames)))
-    cache.publish_groups(partial, store, [name])
+    publish_groups(partial, store, [name])
     return store / name
 
 
@@ -64,7 +77,7 @@ def data_files(group: Path) -> list[Path]:
 
 
 def problems(path: Path) -> list[str]:
-    return [p for check in sharing.verify_store(path) for p in check.problems]
+    return [p for check in verify_store(path) for p in check.problems]
 
 
 # ---- verify ----------------------------------------------------------------------------------------
@@ -72,10 +85,10 @@ def problems(path: Path) -> list[str]:
 
 def test_verify_accepts_an_intact_cache(tmp_path):
     group = synthetic_cache(tmp_path / "teachers.zarr")
-    checks = sharing.verify_store(tmp_path / "teachers.zarr")
+    checks = verify_store(tmp_path / "teachers.zarr")
     assert [c.ok for c in checks] == [True]
     assert checks[0].chunks_read == 3 + 3 + 3  # similarity and relevance shards, the three id arrays
-    assert sharing.verify_group(group).ok
+    assert verify_group(group).ok
 
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
@@ -138,7 +151,7 @@ def test_cli_verify_exit_code_and_info(tmp_path):
     assert info.exit_code == 0
     parsed = json.loads(info.output)
     assert parsed["groups"][0]["texts"] == 10 and parsed["groups"][0]["complete"] is True
-    assert parsed["groups"][0]["fingerprint"] == cache.open_teacher_caches(group)[0].fingerprint
+    assert parsed["groups"][0]["fingerprint"] == open_teacher_caches(group)[0].fingerprint
     shard = group / "frame_relevance" / "c" / "2" / "0"
     shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")
     assert runner.invoke(app, ["cache", "verify", str(tmp_path / "teachers.zarr")]).exit_code == 1
@@ -153,23 +166,23 @@ def test_push_pull_round_trip_keeps_every_byte(tmp_path, remote_kind):
     synthetic_cache(store, "a", seed=1)
     synthetic_cache(store, "b", seed=2)
     url = str(tmp_path / "remote") if remote_kind == "directory" else f"memory://teachclip-test-{tmp_path.name}"
-    pushed = sharing.push(store, url)
+    pushed = push(store, url)
     assert [status for *_, status in pushed] == ["pushed", "pushed"]
-    assert [status for *_, status in sharing.push(store, url)] == ["present", "present"]
-    entries = sharing.list_remote(url)
-    fingerprints = {g.name: g.fingerprint for g in cache.open_teacher_caches(store)}
+    assert [status for *_, status in push(store, url)] == ["present", "present"]
+    entries = list_remote(url)
+    fingerprints = {g.name: g.fingerprint for g in open_teacher_caches(store)}
     assert sorted(e.fingerprint for e in entries) == sorted(fingerprints.values())
     assert {e.name for e in entries} == {"a", "b"}
 
     pulled = tmp_path / "pulled.zarr"
-    sharing.pull(url, pulled)
-    assert sharing.sha256_tree(pulled) == sharing.sha256_tree(store)
+    pull(url, pulled)
+    assert sha256_tree(pulled) == sha256_tree(store)
     assert not partial_path(pulled).exists()
 
     # one entry by its URL, under another name: the group's bytes do not depend on its name
     single = tmp_path / "single.zarr"
-    sharing.pull(f"{url}/{fingerprints['a']}", single, name="renamed")
-    assert sharing.sha256_tree(single / "renamed") == sharing.sha256_tree(store / "a")
+    pull(f"{url}/{fingerprints['a']}", single, name="renamed")
+    assert sha256_tree(single / "renamed") == sha256_tree(store / "a")
 
 
 def test_pull_refuses_a_name_holding_another_cache_and_a_corrupt_download(tmp_path):
@@ -177,15 +190,15 @@ def test_pull_refuses_a_name_holding_another_cache_and_a_corrupt_download(tmp_pa
     synthetic_cache(store, "a", seed=1)
     synthetic_cache(other, "a", seed=2)
     remote = tmp_path / "remote"
-    sharing.push(store, str(remote))
-    with pytest.raises(sharing.SharingError, match="pass --overwrite"):
-        sharing.pull(str(remote), other)
-    fingerprint = cache.open_teacher_caches(store / "a")[0].fingerprint
+    push(store, str(remote))
+    with pytest.raises(SharingError, match="pass --overwrite"):
+        pull(str(remote), other)
+    fingerprint = open_teacher_caches(store / "a")[0].fingerprint
     shard = remote / fingerprint / "similarity" / "c" / "0" / "0"
     shard.write_bytes(b"\x00" + shard.read_bytes()[1:])
     fresh = tmp_path / "fresh.zarr"
-    with pytest.raises(sharing.SharingError, match="sha256"):
-        sharing.pull(str(remote), fresh)
+    with pytest.raises(SharingError, match="sha256"):
+        pull(str(remote), fresh)
     assert not (fresh / "a").exists() and not (partial_path(fresh) / "a").exists()
 
 
@@ -193,11 +206,11 @@ def test_an_unfinished_upload_is_not_an_entry(tmp_path):
     store = tmp_path / "teachers.zarr"
     synthetic_cache(store, "a")
     remote = tmp_path / "remote"
-    sharing.push(store, str(remote))
-    fingerprint = cache.open_teacher_caches(store / "a")[0].fingerprint
-    (remote / fingerprint / sharing.REMOTE_INDEX).unlink()  # as if the upload died before its index
-    assert sharing.list_remote(str(remote)) == []
-    assert sharing.find_remote(str(remote), fingerprint) is None
+    push(store, str(remote))
+    fingerprint = open_teacher_caches(store / "a")[0].fingerprint
+    (remote / fingerprint / REMOTE_INDEX).unlink()  # as if the upload died before its index
+    assert list_remote(str(remote)) == []
+    assert find_remote(str(remote), fingerprint) is None
 
 
 # ---- HDF5 ------------------------------------------------------------------------------------------
@@ -210,16 +223,16 @@ def test_hdf5_round_trip_keeps_every_value_and_attribute(tmp_path):
     synthetic_cache(store, "a", seed=1)
     synthetic_cache(store, "b", seed=2)
     h5 = tmp_path / "cache.h5"
-    assert sharing.export_hdf5(store, h5) == ["a", "b"]
+    assert export_hdf5(store, h5) == ["a", "b"]
     with h5py.File(h5, "r") as file:
-        group = cache.open_teacher_caches(store / "a")[0]
+        group = open_teacher_caches(store / "a")[0]
         np.testing.assert_array_equal(file["a/similarity"][...], zarr.open_array(store / "a" / "similarity")[...])
-        assert json.loads(file["a"].attrs[sharing.HDF5_ATTRIBUTES]) == group.attrs
+        assert json.loads(file["a"].attrs[HDF5_ATTRIBUTES]) == group.attrs
         assert [v.decode() for v in file["a/text_ids"][...]] == group.text_ids
     imported = tmp_path / "imported.zarr"
-    assert sharing.import_hdf5(h5, imported) == ["a", "b"]
-    assert all(check.ok for check in sharing.verify_store(imported))
-    assert sharing.sha256_tree(imported) == sharing.sha256_tree(store)
+    assert import_hdf5(h5, imported) == ["a", "b"]
+    assert all(check.ok for check in verify_store(imported))
+    assert sha256_tree(imported) == sha256_tree(store)
 
 
 def test_cli_export_import(tmp_path):
@@ -227,11 +240,10 @@ def test_cli_export_import(tmp_path):
     synthetic_cache(store, "a")
     runner = CliRunner()
     h5 = tmp_path / "out.h5"
-    assert runner.invoke(app, ["cache", "export", str(store), "--format", "hdf5", str(h5)]).exit_code == 0
+    assert runner.invoke(app, ["cache", "export", str(store), str(h5)]).exit_code == 0
     result = runner.invoke(app, ["cache", "import", str(h5), str(tmp_path / "back.zarr")])
     assert result.exit_code == 0, result.output
     assert runner.invoke(app, ["cache", "verify", str(tmp_path / "back.zarr")]).exit_code == 0
-    assert runner.invoke(app, ["cache", "export", str(store), "--format", "npz", str(h5)]).exit_code != 0
 
 
 # ---- sparse groups (teach cache sparsify): verify, info, push/pull; HDF5 refuses them ------------------
@@ -240,7 +252,7 @@ def test_cli_export_import(tmp_path):
 def sparse_store(tmp_path: Path, top_k: int = 3) -> tuple[Path, Path, Path]:
     """A store with a dense group ``teacher`` and its sparse top-k group ``teacher-sparse`` (10 captions
     x 7 videos, 3 chunks per sparse array). Returns (store, dense group, sparse group)."""
-    from teachclip.stores.sparse import sparsify
+    from teachclip.stores.teacher_cache.sparse import sparsify
 
     store = tmp_path / "teachers.zarr"
     dense = synthetic_cache(store)
@@ -260,7 +272,7 @@ def edit_attributes(group: Path, **changes) -> None:
 
 def test_verify_accepts_an_intact_sparse_group_and_finds_a_corrupt_or_missing_chunk(tmp_path):
     _, _, group = sparse_store(tmp_path)
-    check = sharing.verify_group(group)
+    check = verify_group(group)
     assert check.ok, check.problems
     assert check.chunks_read == 4 * 3 + 3 + 3  # the four top-k arrays and relevance (3 chunks each), the ids
     files = data_files(group)
@@ -290,7 +302,7 @@ def test_verify_reports_altered_sparse_metadata(tmp_path, change, message):
     store, _, group = sparse_store(tmp_path)
     edit_attributes(group, **change)
     assert any(message in p for p in problems(group)), problems(group)
-    assert not sharing.verify_group(store / "teacher").problems  # the dense group beside it is intact
+    assert not verify_group(store / "teacher").problems  # the dense group beside it is intact
     assert CliRunner().invoke(app, ["cache", "verify", str(store)]).exit_code == 1
 
 
@@ -315,14 +327,14 @@ def test_cache_info_reports_top_k_and_bytes_of_a_sparse_group(tmp_path):
 def test_push_pull_and_fetch_of_a_sparse_group(tmp_path):
     store, _, group = sparse_store(tmp_path)
     remote = str(tmp_path / "remote")
-    assert [status for *_, status in sharing.push(store, remote)] == ["pushed", "pushed"]
-    original = cache.open_teacher_caches(group)[0]
+    assert [status for *_, status in push(store, remote)] == ["pushed", "pushed"]
+    original = open_teacher_caches(group)[0]
 
     pulled = tmp_path / "pulled.zarr"
-    assert [status for *_, status in sharing.pull(remote, pulled)] == ["pulled", "pulled"]
-    assert all(check.ok for check in sharing.verify_store(pulled))
-    assert sharing.sha256_tree(pulled) == sharing.sha256_tree(store)
-    copy = cache.open_teacher_caches(pulled / "teacher-sparse")[0]
+    assert [status for *_, status in pull(remote, pulled)] == ["pulled", "pulled"]
+    assert all(check.ok for check in verify_store(pulled))
+    assert sha256_tree(pulled) == sha256_tree(store)
+    copy = open_teacher_caches(pulled / "teacher-sparse")[0]
     assert copy.top_k == 3 and copy.fingerprint == original.fingerprint
     rows, cols = np.arange(10), np.arange(7)
     np.testing.assert_array_equal(copy.similarity_block(rows, cols), original.similarity_block(rows, cols))
@@ -332,17 +344,17 @@ def test_push_pull_and_fetch_of_a_sparse_group(tmp_path):
 
     # the path extract-teachers' shared cache takes: fetch into a partial store, publish
     fetched = tmp_path / "fetched.zarr"
-    assert sharing.fetch_into(remote, original.fingerprint, partial_path(fetched), "k3")
-    cache.publish_groups(partial_path(fetched), fetched, ["k3"])
-    assert sharing.verify_group(fetched / "k3").ok
-    assert sharing.sha256_tree(fetched / "k3") == sharing.sha256_tree(group)
+    assert fetch_into(remote, original.fingerprint, partial_path(fetched), "k3")
+    publish_groups(partial_path(fetched), fetched, ["k3"])
+    assert verify_group(fetched / "k3").ok
+    assert sha256_tree(fetched / "k3") == sha256_tree(group)
 
     # a corrupt sparse chunk on the remote still fails the pull, leaving nothing behind
     shard = tmp_path / "remote" / original.fingerprint / "neighbour_videos" / "c" / "0" / "0"
     shard.write_bytes(b"\x00" + shard.read_bytes()[1:])
     fresh = tmp_path / "fresh.zarr"
-    with pytest.raises(sharing.SharingError, match="sha256"):
-        sharing.pull(f"{remote}/{original.fingerprint}", fresh)
+    with pytest.raises(SharingError, match="sha256"):
+        pull(f"{remote}/{original.fingerprint}", fresh)
     assert not (fresh / "teacher-sparse").exists()
 
 
@@ -352,18 +364,18 @@ def test_hdf5_refuses_sparse_groups_and_names_them(tmp_path):
     store, dense, group = sparse_store(tmp_path)
     h5 = tmp_path / "cache.h5"
     for source in (store, group):
-        with pytest.raises(sharing.SharingError, match=r"teacher-sparse: a sparse .* `teach cache push`"):
-            sharing.export_hdf5(source, h5)
+        with pytest.raises(SharingError, match=r"teacher-sparse: a sparse .* `teach cache push`"):
+            export_hdf5(source, h5)
         assert not h5.exists() and not h5.with_name("cache.h5.tmp").exists()
-    result = CliRunner().invoke(app, ["cache", "export", str(store), "--format", "hdf5", str(h5)])
+    result = CliRunner().invoke(app, ["cache", "export", str(store), str(h5)])
     assert result.exit_code != 0 and "teacher-sparse" in result.output
-    assert sharing.export_hdf5(dense, h5) == ["teacher"]  # the dense group alone still exports
+    assert export_hdf5(dense, h5) == ["teacher"]  # the dense group alone still exports
     # an HDF5 group claiming to be sparse (hand-made) is refused on import too
     with h5py.File(h5, "r+") as file:
-        attrs = json.loads(file["teacher"].attrs[sharing.HDF5_ATTRIBUTES])
-        file["teacher"].attrs[sharing.HDF5_ATTRIBUTES] = json.dumps(attrs | {"sparse": {"top_k": 3}})
-    with pytest.raises(sharing.SharingError, match="group 'teacher': a sparse"):
-        sharing.import_hdf5(h5, tmp_path / "imported.zarr")
+        attrs = json.loads(file["teacher"].attrs[HDF5_ATTRIBUTES])
+        file["teacher"].attrs[HDF5_ATTRIBUTES] = json.dumps(attrs | {"sparse": {"top_k": 3}})
+    with pytest.raises(SharingError, match="group 'teacher': a sparse"):
+        import_hdf5(h5, tmp_path / "imported.zarr")
     assert not (tmp_path / "imported.zarr").exists()
 
 
@@ -372,7 +384,7 @@ def test_hdf5_refuses_sparse_groups_and_names_them(tmp_path):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    from teachclip.models.teachers import build_teacher, save_teacher
+    from teachclip.models.factory import create_teacher, save_teacher
 
     root = tmp_path_factory.mktemp("inputs")
     demo = generate_demo(root / "demo", DemoConfig(videos=8, width=32, height=32, fps=2, seconds=6,
@@ -381,7 +393,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
            progress=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        teacher = build_teacher(TeacherConfig(kind="frame_clip", backbone=BackboneConfig(name="teachclip-micro")))
+        teacher = create_teacher(TeacherConfig(kind="frame_clip", backbone=BackboneConfig(name="teachclip-micro")))
     return {"demo": demo, "frames": root / "frames.zarr", "checkpoint": save_teacher(teacher, root / "teacher")}
 
 
@@ -391,7 +403,7 @@ def test_a_pull_by_fingerprint_skips_the_computation(inputs, tmp_path, monkeypat
     mine = tmp_path / "mine.zarr"
     stage.extract_teachers(inputs["frames"], inputs["demo"], mine, requests, config, SYNC, progress=False)
     remote = tmp_path / "shared"
-    sharing.push(mine, str(remote))
+    push(mine, str(remote))
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the teacher ran although the shared cache holds its scores")
@@ -402,7 +414,7 @@ def test_a_pull_by_fingerprint_skips_the_computation(inputs, tmp_path, monkeypat
     shared = config.model_copy(update={"shared_cache": str(remote)})
     report = stage.extract_teachers(inputs["frames"], inputs["demo"], theirs, requests, shared, SYNC, progress=False)
     assert report.teachers[0].status == "pulled" and report.teachers[0].blocks_computed == 0
-    assert sharing.sha256_tree(theirs) == sharing.sha256_tree(mine)
+    assert sha256_tree(theirs) == sha256_tree(mine)
 
 
 # ---- DVC: push --run-cache by one user, repro --pull by another ---------------------------------------
@@ -435,7 +447,7 @@ def test_dvc_run_cache_lets_a_colleague_skip_the_teacher_stage(inputs, tmp_path)
                     ["dvc", "add", "-q", "frames.zarr", "teacher"], ["dvc", "repro"],
                     ["dvc", "push", "--run-cache"], ["git", "add", "-A"], ["git", "commit", "-qm", "alice"]):
         _sh(command, alice, env)
-    assert all(c.ok for c in sharing.verify_store(alice / "teachers.zarr"))
+    assert all(c.ok for c in verify_store(alice / "teachers.zarr"))
 
     _sh(["git", "clone", "-q", str(alice), str(bob)], tmp_path, env)
     (bob / "dvc.lock").unlink()  # no lock file: only DVC's run cache can know the stage's result
@@ -446,4 +458,4 @@ def test_dvc_run_cache_lets_a_colleague_skip_the_teacher_stage(inputs, tmp_path)
     output = _sh(["dvc", "repro", "--pull"], bob, env | {"PYTHONPATH": str(fake.parent)})
     assert "skipping run" in output.lower() or "restored" in output.lower(), output
     assert not partial_path(bob / "teachers.zarr").exists()
-    assert sharing.sha256_tree(bob / "teachers.zarr") == sharing.sha256_tree(alice / "teachers.zarr")
+    assert sha256_tree(bob / "teachers.zarr") == sha256_tree(alice / "teachers.zarr")

@@ -7,17 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import known_fraction
 from typer.testing import CliRunner
 
-from teachclip.stores import teachers as cache
-from teachclip.stores.sparse import (
-    SparseTeacherCacheGroup,
-    known_fraction,
-    neighbourhood_batches,
-    sparsify,
-    top_k_of_rows,
-    training_neighbours,
-)
 from teachclip.cli import app
 from teachclip.core.config import (
     BackboneConfig,
@@ -29,25 +21,35 @@ from teachclip.core.config import (
     TeacherWeight,
     TrainStudentConfig,
 )
-from teachclip.training import caption_per_video_batches
+from teachclip.stores.teacher_cache import TeacherCacheError, open_teacher_caches
+from teachclip.stores.teacher_cache.dense import create_group, write_block
+from teachclip.stores.teacher_cache.publish import mark_group_complete
+from teachclip.stores.teacher_cache.schema import TeacherIdentity, plan_layout
+from teachclip.stores.teacher_cache.sparse import SparseGroup, sparsify, top_k_of_rows
+from teachclip.training.batches import (
+    caption_per_video_batches,
+    neighbourhood_batches,
+    training_data,
+    training_neighbours,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_group(store, name, similarity, text_ids, video_ids, text_video, frames_fingerprint="frames-x",
                 relevance=None):
-    identity = cache.TeacherIdentity(
+    identity = TeacherIdentity(
         kind="synthetic", config={}, checkpoint_sha256=None, score_version=1,
         has_frame_relevance=relevance is not None, similarity_definition="test", relevance_definition="",
         frames_fingerprint=frames_fingerprint, manifest_fingerprint="manifest-x")
-    layout = cache.plan_layout(len(text_ids), len(video_ids), 3 if relevance is None else relevance.shape[1],
+    layout = plan_layout(len(text_ids), len(video_ids), 3 if relevance is None else relevance.shape[1],
                                block_texts=4, chunk_texts=4, block_videos=None, memory_budget_mb=64)
-    cache.create_group(store, name, identity, layout, text_ids, video_ids, np.asarray(text_video))
+    create_group(store, name, identity, layout, text_ids, video_ids, np.asarray(text_video))
     for block in range(layout.n_blocks):
         start, stop = layout.block_rows(block)
-        cache.write_block(store / name, block, np.asarray(similarity[start:stop], dtype=np.float32),
+        write_block(store / name, block, np.asarray(similarity[start:stop], dtype=np.float32),
                           None if relevance is None else relevance[start:stop])
-    cache.mark_group_complete(store / name)
+    mark_group_complete(store / name)
 
 
 def test_top_k_of_rows_by_hand():
@@ -78,9 +80,9 @@ def sparse_group(tmp_path):
 
 def test_the_sparse_group_has_the_dense_readers_api(sparse_group):
     tmp_path, path, relevance = sparse_group
-    (group,) = cache.open_teacher_caches(tmp_path / "sparse.zarr")
-    (source,) = cache.open_teacher_caches(tmp_path / "dense.zarr")
-    assert isinstance(group, SparseTeacherCacheGroup) and group.complete and group.top_k == 2
+    (group,) = open_teacher_caches(tmp_path / "sparse.zarr")
+    (source,) = open_teacher_caches(tmp_path / "dense.zarr")
+    assert isinstance(group, SparseGroup) and group.complete and group.top_k == 2
     assert group.text_ids == TEXT_IDS and group.video_ids == VIDEO_IDS
     np.testing.assert_array_equal(group.text_video, OWN)
     assert group.frames_fingerprint == source.frames_fingerprint and group.fingerprint != source.fingerprint
@@ -106,12 +108,12 @@ def test_the_sparse_group_has_the_dense_readers_api(sparse_group):
 def test_cli_sparsify_and_refusals(sparse_group):
     tmp_path, _, _ = sparse_group
     result = CliRunner().invoke(app, ["cache", "sparsify", str(tmp_path / "dense.zarr" / "t"), "--out",
-                                      str(tmp_path / "other.zarr"), "--top-k", "3", "--name", "t3"])
+                                      str(tmp_path / "other.zarr"), "-S", "sparsify.top_k=3", "--name", "t3"])
     assert result.exit_code == 0, result.output
-    assert cache.open_teacher_caches(tmp_path / "other.zarr" / "t3")[0].top_k == 3
+    assert open_teacher_caches(tmp_path / "other.zarr" / "t3")[0].top_k == 3
     (tmp_path / "not-a-store").mkdir()
     (tmp_path / "not-a-store" / "file").write_text("x")
-    with pytest.raises(cache.TeacherCacheError, match="not a teacher cache store"):
+    with pytest.raises(TeacherCacheError, match="not a teacher cache store"):
         sparsify(tmp_path / "dense.zarr" / "t", tmp_path / "not-a-store", top_k=2)
 
 
@@ -144,7 +146,7 @@ def test_neighbourhood_batches_know_most_in_batch_scores(tmp_path):
     ids = [f"v{i:02d}" for i in range(40)]
     write_group(tmp_path / "dense.zarr", "t", similarity, ids, ids, np.arange(40))
     sparsify(tmp_path / "dense.zarr" / "t", tmp_path / "sparse.zarr", top_k=8)
-    (group,) = cache.open_teacher_caches(tmp_path / "sparse.zarr")
+    (group,) = open_teacher_caches(tmp_path / "sparse.zarr")
     rows = cols = np.arange(40)
     neighbours = training_neighbours(group, rows, cols)
     captions_of_video = [[v] for v in range(40)]
@@ -153,26 +155,25 @@ def test_neighbourhood_batches_know_most_in_batch_scores(tmp_path):
     # a random batch of 8 knows ~ 1/8 (own) + 7/8 * 8/40 of its pairs; a grown one most of them
     assert known_fraction(group, rows, cols, grown) > 0.6
     assert known_fraction(group, rows, cols, shuffled) < 0.45
-    (source,) = cache.open_teacher_caches(tmp_path / "dense.zarr")
-    with pytest.raises(cache.TeacherCacheError, match="sparse"):
+    (source,) = open_teacher_caches(tmp_path / "dense.zarr")
+    with pytest.raises(TeacherCacheError, match="sparse"):
         training_neighbours(source, rows, cols)
 
 
 def test_train_student_runs_on_a_sparse_cache_with_the_neighbourhood_sampler(tmp_path, monkeypatch):
     from teachclip.core.manifest import load_manifest
-    from teachclip.training import training_set
     from teachclip.stages import train_student as train_student_module
     from teachclip.stages.decode import decode
     from teachclip.stages.demo_data import generate_demo
-    from teachclip.stages.evaluate import open_frames_for
+    from teachclip.stores import open_for_manifest
 
     manifest_dir = generate_demo(tmp_path / "demo", DemoConfig(videos=16, width=32, height=32, seconds=6, fps=2,
                                                                test_fraction=0.25), progress=False)
     frames = tmp_path / "frames.zarr"
     decode(manifest_dir, frames, DecodeConfig(frames_per_video=4, size=32), ComputeConfig(scheduler="sync"),
            progress=False)
-    store = open_frames_for(frames, load_manifest(manifest_dir))
-    data = training_set(store, load_manifest(manifest_dir), "train")
+    store = open_for_manifest(frames, load_manifest(manifest_dir))
+    data = training_data(store, load_manifest(manifest_dir))
     text_ids, video_ids = sorted(data.caption_ids), sorted(data.video_ids)
     own = np.array([video_ids.index(data.video_ids[data.caption_video[data.caption_ids.index(c)]]) for c in text_ids])
     rng = np.random.default_rng(0)
@@ -192,8 +193,8 @@ def test_train_student_runs_on_a_sparse_cache_with_the_neighbourhood_sampler(tmp
                                 weight_relational=1.0, weight_margin=1.0)
     row = train_student_module.train_student(
         frames, manifest_dir, [tmp_path / "sparse.zarr"], tmp_path / "student", config,
-        StudentConfig(backbone=BackboneConfig(name="teachclip-micro", precision="fp32"), temporal_layers=1,
-                      freeze_backbone=True),
+        StudentConfig(backbone=BackboneConfig(name="teachclip-micro", precision="fp32", freeze_text=True,
+                                              freeze_visual=True), temporal_layers=1),
         EvaluateConfig(batch_videos=8), ComputeConfig(device="cpu"), progress=False)
     assert drawn and all(shape[0] == shape[1] <= 4 for shape in drawn)
     assert np.isfinite([row["coarse"], row["relational"], row["margin"], row["loss"]]).all()

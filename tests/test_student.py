@@ -6,15 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from teachclip.models.afa import masked_softmax
-from teachclip.models.student import Student
 from teachclip.core.config import BackboneConfig, StudentConfig
+from teachclip.models.layers import masked_softmax
+from teachclip.models.student import Student
 
 V, T, DIM = 3, 4, 32
 
 
-def _config(**fields):
-    return StudentConfig(backbone=BackboneConfig(name="teachclip-micro"), **fields)
+def _config(frozen=False, **fields):
+    backbone = BackboneConfig(name="teachclip-micro", freeze_text=frozen, freeze_visual=frozen)
+    return StudentConfig(backbone=backbone, **fields)
 
 
 def _student(seed=0, **fields):
@@ -185,7 +186,7 @@ def _trainable(module):
 @pytest.mark.parametrize("fields", [
     {"head": "seqTransf", "afa": True, "temporal_layers": 1},
     {"head": "meanP", "afa": False},
-    {"head": "seqTransf", "afa": True, "temporal_layers": 1, "freeze_backbone": True},
+    {"head": "seqTransf", "afa": True, "temporal_layers": 1, "frozen": True},
 ])
 def test_param_groups_partition_trainable_params(fields):
     student = _student(**fields)
@@ -201,7 +202,7 @@ def test_param_groups_partition_trainable_params(fields):
 
 
 def test_frozen_backbone_gets_no_gradients():
-    student = _student(head="seqTransf", afa=True, temporal_layers=1, freeze_backbone=True).train()
+    student = _student(head="seqTransf", afa=True, temporal_layers=1, frozen=True).train()
     assert not student.backbone.training  # frozen backbone stays in eval mode
     assert student.param_groups()["backbone"] == []
     frames, tokens = _frames(), student.tokenize(["a", "b", "c"])

@@ -14,11 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import sha256_tree
 
-from teachclip.stores import teachers as cache
-from teachclip.stores.frames import FramesStore
-from teachclip.stores.sharing import sha256_tree, verify_store
-from teachclip.stores.zarr_io import PROGRESS_DIR, partial_path
 from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
@@ -32,6 +29,13 @@ from teachclip.core.manifest import load_manifest
 from teachclip.stages import extract_teachers as stage
 from teachclip.stages.decode import decode
 from teachclip.stages.demo_data import generate_demo
+from teachclip.stages.extract_teachers.worker import WORKSPACE_FACTOR, sub_block
+from teachclip.stores.frames import FramesStore, StoreMismatchError
+from teachclip.stores.teacher_cache import TeacherCacheError, open_teacher_caches
+from teachclip.stores.teacher_cache.publish import done_of
+from teachclip.stores.teacher_cache.schema import plan_layout, teacher_cache_fingerprint
+from teachclip.stores.teacher_cache.verify import verify_store
+from teachclip.stores.zarr_io import PROGRESS_DIR, partial_path
 
 SYNC = ComputeConfig(scheduler="sync")
 SMALL = ExtractConfig(block_texts=8, chunk_texts=4, encode_batch=4)
@@ -39,7 +43,7 @@ SMALL = ExtractConfig(block_texts=8, chunk_texts=4, encode_batch=4)
 
 def make_inputs(root: Path) -> dict[str, Path]:
     """A tiny demo dataset (12 videos, 9 train), its frames store and two saved micro teachers."""
-    from teachclip.models.teachers import build_teacher, save_teacher
+    from teachclip.models.factory import create_teacher, save_teacher
 
     demo = generate_demo(root / "demo", DemoConfig(videos=12, width=32, height=32, fps=2, seconds=6,
                                                    captions_per_video=3), progress=False)
@@ -49,7 +53,7 @@ def make_inputs(root: Path) -> dict[str, Path]:
     for seed, kind in ((1, "xpool"), (2, "frame_clip"), (3, "xpool")):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            teacher = build_teacher(TeacherConfig(kind=kind, backbone=BackboneConfig(name="teachclip-micro")))
+            teacher = create_teacher(TeacherConfig(kind=kind, backbone=BackboneConfig(name="teachclip-micro")))
         paths[f"{kind}_{seed}"] = save_teacher(teacher, root / f"{kind}_{seed}")
     return paths
 
@@ -79,7 +83,7 @@ def run(inputs, out: Path, teachers: list[str], config: ExtractConfig = SMALL, c
 
 def direct_scores(inputs, checkpoint: Path, caption_ids: list[str], video_ids: list[str]):
     """The teacher's own per-pair definitions, with no cache code involved."""
-    from teachclip.models.teachers import load_teacher
+    from teachclip.models.factory import load_teacher
 
     teacher = load_teacher(checkpoint)
     manifest = load_manifest(inputs["demo"])
@@ -102,7 +106,7 @@ def direct_scores(inputs, checkpoint: Path, caption_ids: list[str], video_ids: l
 def test_cached_scores_equal_the_teachers_direct_computation(inputs, extracted):
     out, report = extracted
     assert [t.status for t in report.teachers] == ["computed", "computed"]
-    groups = {g.name: g for g in cache.open_teacher_caches(out)}
+    groups = {g.name: g for g in open_teacher_caches(out)}
     assert sorted(groups) == ["fclip", "xpool"]
     for name, checkpoint in (("xpool", inputs["xpool_1"]), ("fclip", inputs["frame_clip_2"])):
         group = groups[name]
@@ -119,7 +123,7 @@ def test_rows_and_columns_are_the_canonical_train_set(inputs, extracted):
     manifest = load_manifest(inputs["demo"])
     train_videos = sorted(v.video_id for v in manifest.videos_in("train"))
     train_captions = sorted(manifest.captions_in("train"), key=lambda c: c.caption_id)
-    for group in cache.open_teacher_caches(out):
+    for group in open_teacher_caches(out):
         assert group.video_ids == train_videos
         assert group.text_ids == [c.caption_id for c in train_captions]
         own = [group.video_ids[i] for i in group.text_video]
@@ -130,13 +134,13 @@ def test_rows_and_columns_are_the_canonical_train_set(inputs, extracted):
 def test_attributes_record_identity_and_fingerprint(inputs, extracted):
     out, _ = extracted
     frames = FramesStore.open(inputs["frames"])
-    group = cache.open_teacher_caches(out / "xpool")[0]
+    group = open_teacher_caches(out / "xpool")[0]
     attrs = group.attrs
     assert attrs["kind"] == "xpool"
     assert attrs["checkpoint_sha256"] == sha256_file(inputs["xpool_1"] / "model.safetensors")
     assert group.frames_fingerprint == frames.fingerprint
     assert group.manifest_fingerprint == frames.manifest_fingerprint
-    expected = cache.teacher_cache_fingerprint(frames.fingerprint, "xpool", attrs["config"],
+    expected = teacher_cache_fingerprint(frames.fingerprint, "xpool", attrs["config"],
                                                attrs["checkpoint_sha256"], attrs["score_version"])
     assert group.fingerprint == expected
     assert attrs["config"]["checkpoint"] is None  # a path is not identity; its hash is
@@ -170,7 +174,7 @@ def test_finished_cache_rerun_is_a_no_op(inputs, extracted):
 def test_mismatched_fingerprint_is_refused_naming_both(inputs, extracted, tmp_path):
     out = tmp_path / "teachers.zarr"
     shutil.copytree(extracted[0], out)
-    old = cache.open_teacher_caches(out / "xpool")[0].fingerprint
+    old = open_teacher_caches(out / "xpool")[0].fingerprint
     with pytest.raises(stage.ExtractError) as error:
         run(inputs, out, [f"xpool={inputs['xpool_3']}"])  # same name, other weights
     new = stage.identity_of(stage.resolve_teachers([f"xpool={inputs['xpool_3']}"], {})[0],
@@ -178,8 +182,8 @@ def test_mismatched_fingerprint_is_refused_naming_both(inputs, extracted, tmp_pa
     assert old in str(error.value) and new in str(error.value) and new != old
     report = run(inputs, out, [f"xpool={inputs['xpool_3']}"], overwrite=True)
     assert report.teachers[0].status == "computed"
-    assert cache.open_teacher_caches(out / "xpool")[0].fingerprint == new
-    assert cache.open_teacher_caches(out / "fclip")[0].complete  # the other group is untouched
+    assert open_teacher_caches(out / "xpool")[0].fingerprint == new
+    assert open_teacher_caches(out / "fclip")[0].complete  # the other group is untouched
 
 
 def test_adding_a_teacher_keeps_the_others_and_matches_a_single_run(inputs, extracted, tmp_path, monkeypatch):
@@ -212,7 +216,7 @@ def test_videos_that_failed_to_decode_are_left_out_with_their_captions(inputs, t
            SYNC, progress=False)
     requests = stage.resolve_teachers([f"fclip={inputs['frame_clip_2']}"], {})
     stage.extract_teachers(frames, demo, tmp_path / "teachers.zarr", requests, SMALL, SYNC, progress=False)
-    group = cache.open_teacher_caches(tmp_path / "teachers.zarr")[0]
+    group = open_teacher_caches(tmp_path / "teachers.zarr")[0]
     assert broken not in group.video_ids and len(group.video_ids) == len(manifest.videos_in("train")) - 1
     assert not [c for c in manifest.captions if c.video_id == broken and c.caption_id in group.text_ids]
     assert len(group.text_ids) == len([c for c in manifest.captions_in("train") if c.video_id != broken])
@@ -221,7 +225,7 @@ def test_videos_that_failed_to_decode_are_left_out_with_their_captions(inputs, t
 def test_an_output_path_that_is_not_a_teacher_cache_is_refused(inputs, tmp_path):
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "notes.txt").write_text("keep me")
-    with pytest.raises(cache.TeacherCacheError, match="not a teacher cache store"):
+    with pytest.raises(TeacherCacheError, match="not a teacher cache store"):
         run(inputs, tmp_path / "precious", [f"fclip={inputs['frame_clip_2']}"])
 
 
@@ -231,7 +235,7 @@ def test_a_manifest_other_than_the_decoded_one_is_refused(inputs, tmp_path):
     captions = demo / "captions.csv"
     captions.write_text(captions.read_text().replace(",a ", ",one ", 1))
     requests = stage.resolve_teachers([f"fclip={inputs['frame_clip_2']}"], {})
-    with pytest.raises(stage.ExtractError, match="decoded from manifest"):
+    with pytest.raises(StoreMismatchError, match="decoded from another manifest"):
         stage.extract_teachers(inputs["frames"], demo, tmp_path / "t.zarr", requests, SMALL, SYNC, progress=False)
 
 
@@ -240,7 +244,7 @@ def test_missing_weights_and_unknown_teachers_are_refused():
         stage.resolve_teachers(["xpool"], {})
     with pytest.raises(stage.ExtractError, match="unknown teacher"):
         stage.resolve_teachers(["nosuch"], {})
-    with pytest.raises(cache.TeacherCacheError, match="teacher name"):
+    with pytest.raises(TeacherCacheError, match="teacher name"):
         stage.resolve_teachers(["../evil"], {})
 
 
@@ -251,22 +255,22 @@ def test_checkpoint_directory_of_another_kind_is_refused(inputs):
 
 
 def test_layout_adapts_block_size_to_the_memory_budget():
-    roomy = cache.plan_layout(100_000, 9_000, 12, block_texts=2048, chunk_texts=32, block_videos=None,
+    roomy = plan_layout(100_000, 9_000, 12, block_texts=2048, chunk_texts=32, block_videos=None,
                               memory_budget_mb=1024)
-    tight = cache.plan_layout(100_000, 9_000, 12, block_texts=2048, chunk_texts=32, block_videos=None,
+    tight = plan_layout(100_000, 9_000, 12, block_texts=2048, chunk_texts=32, block_videos=None,
                               memory_budget_mb=64)
     assert roomy.block_texts == 2048
     assert tight.block_texts < 2048 and tight.block_texts % 32 == 0
     assert tight.block_texts * 9_012 * 4 <= 32 << 20
-    tiny = cache.plan_layout(10, 5, 4, block_texts=2048, chunk_texts=32, block_videos=None, memory_budget_mb=64)
+    tiny = plan_layout(10, 5, 4, block_texts=2048, chunk_texts=32, block_videos=None, memory_budget_mb=64)
     assert (tiny.block_texts, tiny.chunk_texts, tiny.n_blocks) == (10, 10, 1)
 
 
 def test_sub_blocks_bound_the_scoring_workspace():
     texts = {"sentence": torch.zeros(500, 512)}
     videos = {"frames": torch.zeros(9000, 12, 512)}
-    step_texts, step_videos = stage.sub_block(texts, videos, 500, 9000, memory_budget_mb=256)
-    pair_bytes = stage.WORKSPACE_FACTOR * 4 * (512 + 12 * 512)
+    step_texts, step_videos = sub_block(texts, videos, 500, 9000, memory_budget_mb=256)
+    pair_bytes = WORKSPACE_FACTOR * 4 * (512 + 12 * 512)
     assert step_texts * step_videos * pair_bytes <= 128 << 20
     assert step_texts >= 1 and step_videos >= 1
 
@@ -276,8 +280,8 @@ def test_sub_blocks_bound_the_scoring_workspace():
 
 def test_reader_serves_random_batches_alike_from_memory_and_disk(extracted):
     out, _ = extracted
-    in_memory = cache.open_teacher_caches(out / "xpool", in_memory=True)[0]
-    on_disk = cache.open_teacher_caches(out / "xpool", in_memory=False)[0]
+    in_memory = open_teacher_caches(out / "xpool", in_memory=True)[0]
+    on_disk = open_teacher_caches(out / "xpool", in_memory=False)[0]
     assert in_memory.in_memory and not on_disk.in_memory
     rng = np.random.default_rng(0)
     rows = rng.integers(0, len(in_memory.text_ids), 7)
@@ -292,18 +296,18 @@ def test_reader_serves_random_batches_alike_from_memory_and_disk(extracted):
 
 def test_reader_maps_ids_and_names_what_is_wrong(extracted, tmp_path):
     out, _ = extracted
-    group = cache.open_teacher_caches(out / "fclip")[0]
+    group = open_teacher_caches(out / "fclip")[0]
     assert list(group.text_index(group.text_ids[3:5])) == [3, 4]
     assert list(group.video_index(group.video_ids[::-1])) == list(range(len(group.video_ids)))[::-1]
-    with pytest.raises(cache.TeacherCacheError, match="not in the cache"):
+    with pytest.raises(TeacherCacheError, match="not in the cache"):
         group.video_index(["no-such-video"])
-    with pytest.raises(cache.TeacherCacheError, match="computed from frames"):
+    with pytest.raises(TeacherCacheError, match="computed from frames"):
         group.require_frames("0" * 64)
-    with pytest.raises(cache.TeacherCacheError, match="not found"):
-        cache.open_teacher_caches(tmp_path / "absent.zarr")
+    with pytest.raises(TeacherCacheError, match="not found"):
+        open_teacher_caches(tmp_path / "absent.zarr")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(cache.TeacherCacheError, match="no teacher groups"):
-        cache.open_teacher_caches(tmp_path / "empty")
+    with pytest.raises(TeacherCacheError, match="no teacher groups"):
+        open_teacher_caches(tmp_path / "empty")
 
 
 # ---- parallel, resume ----------------------------------------------------------------------------
@@ -367,7 +371,7 @@ def test_kill_9_then_resume_gives_the_bytes_of_an_uninterrupted_run(inputs, tmp_
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not out.exists() and partial_path(out).exists()
-    done_before = len(cache.done_of({p.name for p in progress.iterdir()}, "xpool", "block"))
+    done_before = len(done_of({p.name for p in progress.iterdir()}, "xpool", "block"))
     assert 0 < done_before < 27
 
     rerun = subprocess.run(_cli(inputs, out, params), check=True, env=env, capture_output=True, text=True)

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from teachclip.models.teachers import build_teacher, load_teacher, save_teacher
-from teachclip.models.teachers.base import Teacher, cat_features, slice_features
-from teachclip.models.teachers.ts2net import PerturbedTopK, TokenSelector, temporal_shift
-from teachclip.models.teachers.xclip import aosm
 from teachclip.core.config import TeacherConfig
 from teachclip.core.manifest import load_manifest, write_manifest
+from teachclip.models.factory import create_teacher, load_teacher, save_teacher
+from teachclip.models.scorer import cat_features, slice_features
+from teachclip.models.teachers.base import Teacher
+from teachclip.models.teachers.ts2net import PerturbedTopK, TokenSelector, temporal_shift
+from teachclip.models.teachers.xclip import aosm
 
 CLIP_KINDS = ["xpool", "xclip", "ts2net", "frame_clip"]
 TEXTS = ["a red ball rolls to the left", "a cat", "the blue square moves up and down slowly", "two dogs"]
@@ -27,7 +28,7 @@ def make_teacher(kind: str, seed: int = 0, perturb: bool = True, **options) -> T
     that masking and blocking bugs cannot hide behind identity matrices."""
     torch.manual_seed(seed)
     config = TeacherConfig(kind=kind, backbone={"name": "teachclip-micro"}, options=options)
-    teacher = build_teacher(config).eval()
+    teacher = create_teacher(config).eval()
     if perturb:
         with torch.no_grad():
             for name, param in teacher.named_parameters():
@@ -153,7 +154,7 @@ def test_save_load_gives_identical_outputs(teachers, kind, tmp_path):
     tokens = text_batch(teacher, TEXTS[:3])
     save_teacher(teacher, tmp_path / kind, extra={"epoch": 3})
     loaded = load_teacher(tmp_path / kind)
-    via_config = build_teacher(teacher.config.model_copy(update={"checkpoint": str(tmp_path / kind)})).eval()
+    via_config = create_teacher(teacher.config.model_copy(update={"checkpoint": str(tmp_path / kind)})).eval()
     with torch.no_grad():
         expected_s, expected_r = teacher.similarity(tokens, videos), teacher.frame_relevance(tokens, videos)
         for other in (loaded, via_config):
@@ -180,7 +181,7 @@ def test_checkpoint_of_another_kind_is_refused(teachers, tmp_path):
     save_teacher(teachers["xpool"], tmp_path / "xpool")
     config = TeacherConfig(kind="frame_clip", backbone={"name": "teachclip-micro"}, checkpoint=str(tmp_path / "xpool"))
     with pytest.raises(ValueError, match="xpool"):
-        build_teacher(config)
+        create_teacher(config)
 
 
 def test_options_are_validated():
@@ -436,7 +437,7 @@ def caption_teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("manifest")
     videos = [("v0", "v0.mp4", "train"), ("v1", "v1.mp4", "train"), ("v2", "v2.mp4", "train"), ("v3", "v3.mp4", "test")]
     manifest = load_manifest(write_manifest(root, videos, CAPTIONS))
-    teacher = build_teacher(TeacherConfig(kind="caption_sim")).eval()
+    teacher = create_teacher(TeacherConfig(kind="caption_sim")).eval()
     teacher.bind_manifest(manifest)
     return teacher
 
@@ -476,10 +477,10 @@ def test_caption_sim_excludes_self_and_reduces(caption_teacher, reduce):
 
 
 def test_caption_sim_needs_a_manifest_and_known_videos(caption_teacher):
-    fresh = build_teacher(TeacherConfig(kind="caption_sim"))
+    fresh = create_teacher(TeacherConfig(kind="caption_sim"))
     with pytest.raises(RuntimeError, match="bind_manifest"):
         fresh.encode_videos({"video_ids": ["v0"]})
     with pytest.raises(KeyError, match="v3"):
         caption_teacher.encode_videos({"video_ids": ["v3"]})  # a test video has no train captions
     with pytest.raises(FileNotFoundError):
-        build_teacher(TeacherConfig(kind="caption_sim", options={"model": "/nonexistent/model"}))
+        create_teacher(TeacherConfig(kind="caption_sim", options={"model": "/nonexistent/model"}))

@@ -13,11 +13,7 @@ import zarr
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from teachclip.stores.teachers import TeacherCacheError
 from teachclip.cli import app
-from teachclip.models.io import load_model
-from teachclip.models.losses import coarse_pearson, fine_ce, info_nce
-from teachclip.models.student import Student
 from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
@@ -31,7 +27,9 @@ from teachclip.core.config import (
     TrainStudentConfig,
 )
 from teachclip.core.manifest import load_manifest
-from teachclip.training import caption_per_video_batches, frames_batches, training_set
+from teachclip.models.factory import load_model
+from teachclip.models.losses import coarse_pearson, fine_ce, info_nce
+from teachclip.models.student import Student
 from teachclip.stages import train_student as train_student_module
 from teachclip.stages.train_student import (
     StudentStep,
@@ -43,6 +41,8 @@ from teachclip.stages.train_student import (
     select_teachers,
     train_student,
 )
+from teachclip.stores.teacher_cache import TeacherCacheError
+from teachclip.training.batches import caption_per_video_batches, frames_batches, training_data
 
 MICRO = BackboneConfig(name="teachclip-micro", precision="fp32")
 SYNC_CPU = ComputeConfig(scheduler="sync", device="cpu")
@@ -78,6 +78,9 @@ def config(**fields):
     return TrainStudentConfig(**(base | fields))
 
 
+FROZEN_MICRO = MICRO.model_copy(update={"freeze_text": True, "freeze_visual": True})
+
+
 def student_config(**fields):
     return StudentConfig(**({"backbone": MICRO, "temporal_layers": 1} | fields))
 
@@ -104,16 +107,16 @@ def read_rows(out):
 def first_batch(data, train_config, specs=("teachers.zarr",), student=None):
     """(student, step outputs of the first batch of epoch 0, the batch, chosen teachers, terms)."""
     manifest_dir, frames, caches = data
-    from teachclip.stages.evaluate import open_frames_for
+    from teachclip.stores import open_for_manifest
 
-    store = open_frames_for(frames, load_manifest(manifest_dir))
-    train = training_set(store, load_manifest(manifest_dir), "train")
+    store = open_for_manifest(frames, load_manifest(manifest_dir))
+    train = training_data(store, load_manifest(manifest_dir))
     chosen = select_teachers([caches.parent / s for s in specs], train_config.teachers, store.fingerprint, train)
     terms = loss_weights(train_config, chosen)
     torch.manual_seed(0)
     model = Student(student or student_config())
     batch = caption_per_video_batches(train.captions_of_video, train_config.batch_size, train_config.seed, 0)[0]
-    frames_batch, mask = next(frames_batches(store, [train.store_indices[batch.videos]], prefetch=False))
+    frames_batch, mask = next(frames_batches(store, [train.store_rows[batch.videos]], prefetch=False))
     tokens = model.tokenize([train.texts[i] for i in batch.captions])
     outputs = StudentStep(model)(mask, tokens=tokens, frames=frames_batch)
     return model, outputs, batch, train, chosen, terms
@@ -268,9 +271,9 @@ def test_training_writes_model_metrics_and_checkpoint(data, tmp_path):
 
 def test_frozen_backbone_trains_only_the_head(data, tmp_path):
     out = tmp_path / "frozen"
-    run(data, out, epochs=1, student=student_config(head="seqTransf", freeze_backbone=True))
+    run(data, out, epochs=1, student=student_config(head="seqTransf", backbone=FROZEN_MICRO))
     torch.manual_seed(0)
-    initial = Student(student_config(head="seqTransf", freeze_backbone=True)).state_dict()
+    initial = Student(student_config(head="seqTransf", backbone=FROZEN_MICRO)).state_dict()
     trained = load_file(str(out / "model.safetensors"))
     backbone = [k for k in trained if k.startswith("backbone.")]
     head = [k for k in trained if k.startswith(("temporal.", "afa."))]
@@ -358,8 +361,8 @@ def test_cli_train_student(data, tmp_path):
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, ["--params", str(params), "train-student", "--frames", str(frames),
                                       "--manifest", str(manifest), "--teachers", str(caches), "--out", str(out),
-                                      "--epochs", "1", "--weight-coarse", "0", "--head", "seqTransf", "--no-afa",
-                                      "--weight-fine", "0"])
+                                      "--epochs", "1", "-S", "train_student.weight_coarse=0", "-S", "student.head=seqTransf",
+                                      "-S", "student.afa=false", "-S", "train_student.weight_fine=0"])
     assert result.exit_code == 0, result.output
     assert "trained the student for 1 epoch" in result.output
     saved = json.loads((out / "config.json").read_text())

@@ -8,9 +8,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from teachclip.stores.frames import StoreMismatchError
 from teachclip.cli import app
-from teachclip.models.teachers import load_teacher
 from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
@@ -21,10 +19,12 @@ from teachclip.core.config import (
     TrainTeacherConfig,
 )
 from teachclip.core.manifest import load_manifest, write_manifest
-from teachclip.stages import train_teacher as train_teacher_module
+from teachclip.models.factory import load_teacher
 from teachclip.stages.decode import decode
 from teachclip.stages.demo_data import generate_demo
 from teachclip.stages.train_teacher import train_teacher
+from teachclip.stores.frames import StoreMismatchError
+from teachclip.training import contrastive as contrastive_module
 
 MICRO = BackboneConfig(name="teachclip-micro", precision="fp32")
 
@@ -96,19 +96,19 @@ def test_other_teachers_train(dataset, tmp_path, kind, options):
 def test_resume_after_interruption_matches_an_uninterrupted_run(dataset, tmp_path, monkeypatch):
     run(dataset, tmp_path / "straight", epochs=2)
 
-    original = train_teacher_module.caption_per_video_batches
+    original = contrastive_module.caption_per_video_batches
 
     def killed_in_epoch_two(captions_of_video, batch_size, seed, epoch):
         if epoch == 1:
             raise KeyboardInterrupt("killed")
         return original(captions_of_video, batch_size, seed, epoch)
 
-    monkeypatch.setattr(train_teacher_module, "caption_per_video_batches", killed_in_epoch_two)
+    monkeypatch.setattr(contrastive_module, "caption_per_video_batches", killed_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         run(dataset, tmp_path / "resumed", epochs=2)
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     assert len(read_rows(tmp_path / "resumed")) == 1
-    monkeypatch.setattr(train_teacher_module, "caption_per_video_batches", original)
+    monkeypatch.setattr(contrastive_module, "caption_per_video_batches", original)
     torch.manual_seed(1234)  # a new process would start from other RNG states: the checkpoint restores them
     np.random.seed(99)
     run(dataset, tmp_path / "resumed", epochs=2, resume=True)
@@ -153,7 +153,7 @@ def test_cli_train_teacher_with_a_params_entry(dataset, tmp_path):
     out = tmp_path / "cli-out"
     result = CliRunner().invoke(app, ["--params", str(params), "train-teacher", "--teacher", "pool", "--frames",
                                       str(frames), "--manifest", str(manifest_dir), "--out", str(out),
-                                      "--epochs", "1", "--lr", "1e-3"])
+                                      "--epochs", "1", "-S", "train_teacher.lr=1e-3"])
     assert result.exit_code == 0, result.output
     assert "trained xpool teacher for 1 epoch" in result.output
     saved = json.loads((out / "config.json").read_text())
@@ -175,13 +175,13 @@ def test_teachers_beat_meanp_on_demo_data(tmp_path):
     """
     import time
 
-    from teachclip.models.student import Student
     from teachclip.core.config import PretrainBackboneConfig, StudentConfig
-    from teachclip.training import seed_everything
+    from teachclip.models.student import Student
     from teachclip.stages.encode_frames import encode_frames
-    from teachclip.stages.evaluate import open_frames_for
     from teachclip.stages.pretrain_backbone import pretrain_backbone
-    from teachclip.stages.train_teacher import train_contrastive
+    from teachclip.stores import open_for_manifest
+    from teachclip.training.contrastive import train_contrastive
+    from teachclip.training.optim import seed_everything
 
     cpu, sync = ComputeConfig(device="cpu"), ComputeConfig(scheduler="sync", device="cpu")
     started = time.perf_counter()
@@ -194,7 +194,7 @@ def test_teachers_beat_meanp_on_demo_data(tmp_path):
     backbone = BackboneConfig(name="teachclip-demo", precision="fp32")
     pretrain_backbone(data["pretrain"], tmp_path / "pretrain.zarr", tmp_path / "backbone",
                       PretrainBackboneConfig(backbone=backbone, epochs=4), cpu, progress=False)
-    frozen = backbone.model_copy(update={"pretrained": str(tmp_path / "backbone" / "clip.safetensors"),
+    frozen = backbone.model_copy(update={"pretrained": str(tmp_path / "backbone" / "model.safetensors"),
                                          "freeze_visual": True})
     features = encode_frames(tmp_path / "demo.zarr", tmp_path / "features.zarr", frozen, cpu, progress=False)
     setup_seconds = time.perf_counter() - started
@@ -210,7 +210,7 @@ def test_teachers_beat_meanp_on_demo_data(tmp_path):
     manifest = load_manifest(data["demo"])
     seed_everything(config.seed)
     student = Student(StudentConfig(backbone=frozen, head="meanP", afa=False))
-    baseline = train_contrastive(student, open_frames_for(features, manifest), manifest, tmp_path / "meanp",
+    baseline = train_contrastive(student, open_for_manifest(features, manifest), manifest, tmp_path / "meanp",
                                  config.model_copy(update={"lr_backbone": 1e-5}), evaluate_config,
                                  torch.device("cpu"), identity={"model": "meanP"}, progress=False)[-1]
     seconds["meanP"] = round(time.perf_counter() - started)

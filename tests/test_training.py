@@ -8,20 +8,15 @@ import pytest
 import torch
 from torch import nn
 
+from teachclip.core.config import EvaluateConfig
+from teachclip.core.device import grad_scaler
+from teachclip.models.scorer import VectorScorer
 from teachclip.models.teachers.base import Teacher
-from teachclip.training import (
-    MetricsLog,
-    RunningLosses,
-    build_optimizer,
-    caption_per_video_batches,
-    frames_batches,
-    grad_scaler,
-    load_training_state,
-    lr_factor,
-    save_training_state,
-    score_collection,
-    warmup_cosine,
-)
+from teachclip.training.batches import caption_per_video_batches, frames_batches
+from teachclip.training.log import MetricsLog, RunningLosses
+from teachclip.training.optim import build_optimizer, lr_factor, warmup_cosine
+from teachclip.training.scoring import score_collection
+from teachclip.training.state import load_training_state, save_training_state
 
 
 class FakeStore:
@@ -268,6 +263,9 @@ class VectorModel(nn.Module):
         pooled = (frames.float().mean(dim=(2, 3)) * mask[..., None]).sum(1)  # [V, 3]
         return nn.functional.normalize(self.project(pooled), dim=-1)
 
+    def scorer(self):
+        return VectorScorer(self)
+
 
 class PairTeacher(Teacher):
     """A teacher whose score is not a dot product (max over frames), to test the blocked path."""
@@ -296,7 +294,8 @@ def test_score_collection_student_and_teacher(monkeypatch):
     caption_ids = [f"c{i}" for i in range(6)]
     caption_video_ids = ["v8", "v0", "v3", "v5", "v1", "v8"]
     video_ids = [f"v{i}" for i in video_indices]
-    options = dict(batch_videos=2, batch_texts=4, block_texts=4, block_videos=3, device=torch.device("cpu"))
+    options = dict(config=EvaluateConfig(batch_videos=2, batch_texts=4, block_texts=4, block_videos=3),
+                   device=torch.device("cpu"))
 
     student = VectorModel().eval()
     similarity = score_collection(student, store, video_indices, video_ids, texts, caption_ids,
@@ -312,7 +311,7 @@ def test_score_collection_student_and_teacher(monkeypatch):
     monkeypatch.setattr(Teacher, "score_blocked", lambda self, *a: calls.append(a[2:]) or original(self, *a))
     similarity = score_collection(teacher, store, video_indices, video_ids, texts, caption_ids,
                                   caption_video_ids, **options)
-    assert calls == [(4, 3)]
+    assert set(calls) == {(4, 3)}  # a scoring faster than MIN_TIMING_SECONDS is repeated for its timing
     batch = teacher.text_batch(texts, caption_ids, caption_video_ids)
     expected = teacher.similarity(batch, {"frames": frames, "mask": mask, "video_ids": video_ids})
     torch.testing.assert_close(similarity, expected)

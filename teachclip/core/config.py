@@ -1,17 +1,26 @@
 """Typed configuration: every section of ``params.yaml`` maps to one pydantic model here.
 
-``params.yaml`` is the single source of truth; CLI flags override single fields through
-:func:`override`. pydantic (rather than bare dataclasses) gives us validation with readable error
-messages naming the offending key, which matters because users edit params files by hand.
+``params.yaml`` is the single source of truth. A field declared here is all it takes for a setting
+to exist: every ``teach`` command accepts ``--set section.field=value`` (``-S``) for any field, so no
+flag is declared twice (:func:`load_params` applies them, after a ``students:`` variant). pydantic
+(rather than bare dataclasses) gives validation with readable errors naming the offending key, which
+matters because users edit params files by hand.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from teachclip.core.errors import InputError
+
+
+class ConfigError(InputError):
+    """A params file or a ``--set`` that cannot be read or does not validate."""
 
 
 class Section(BaseModel):
@@ -81,6 +90,9 @@ class BackboneConfig(Section):
     # of the frames, so `teach encode-frames` can compute them once into a frame-features store that
     # every training, extraction and evaluation stage reads instead of pixels
     freeze_visual: bool = False
+    # True: the text tower never trains. With both towers frozen a student's text vectors and frame
+    # features are computed once per run and its steps only train the head (fast on a CPU)
+    freeze_text: bool = False
 
 
 class StudentConfig(Section):
@@ -97,8 +109,6 @@ class StudentConfig(Section):
     max_frames: int = Field(64, ge=1)  # frame position embeddings of seqTransf
     # None: the backbone's own learned scale (1/0.07 for a model trained from scratch, 100 for OpenAI CLIP)
     logit_scale_init: float | None = Field(None, gt=0)
-    # True: the whole open_clip model (both towers) is frozen, so per-frame features can be cached
-    freeze_backbone: bool = False
 
 
 class PretrainBackboneConfig(Section):
@@ -120,7 +130,9 @@ class PretrainBackboneConfig(Section):
 class TeacherConfig(Section):
     """One teacher: its kind, backbone and kind-specific options."""
 
-    kind: Literal["xpool", "xclip", "ts2net", "frame_clip", "caption_sim"]
+    # a registered teacher kind (teachclip/models/teachers/__init__.py: xpool, xclip, ts2net, frame_clip,
+    # caption_sim); checked when the teacher is built
+    kind: str
     backbone: BackboneConfig = BackboneConfig()
     # trained weights: a `save_teacher` directory, a safetensors / weights-only torch state dict of this
     # teacher, or an official X-Pool/X-CLIP/TS2-Net checkpoint (mapped by teachers/official.py; detected
@@ -218,6 +230,26 @@ class EvaluateConfig(Section):
     batch_texts: int = Field(512, ge=1)  # captions per encode call
 
 
+class AuditConfig(Section):
+    """``teach audit-captions``: TeachText's caption-noise audit (docs/distillation.md)."""
+
+    top_k: int = Field(100, ge=1)  # a caption is flagged when its own video ranks outside the top K
+    block_texts: int = Field(1024, ge=1)  # cache rows read at a time (bounds memory)
+
+
+class SparsifyConfig(Section):
+    """``teach cache sparsify``: keep each caption's top-k teacher videos (docs/distillation.md)."""
+
+    top_k: int = Field(32, ge=1)  # videos kept per caption, besides its own video
+    block_texts: int = Field(1024, ge=1)  # dense rows read at a time (bounds memory)
+
+
+class SearchConfig(Section):
+    """``teach search index``: the stored vectors' precision."""
+
+    dtype: Literal["float16", "float32"] = "float16"  # float16 halves the index; scores differ by ~1e-3
+
+
 class StudentVariant(Section):
     """A named student recipe (``students.<name>`` in params.yaml): field overrides of the
     ``student`` and ``train_student`` sections. The demo compares variants such as the meanP
@@ -241,10 +273,83 @@ class Params(Section):
     extract: ExtractConfig = ExtractConfig()
     train_student: TrainStudentConfig = TrainStudentConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    audit: AuditConfig = AuditConfig()
+    sparsify: SparsifyConfig = SparsifyConfig()
+    search: SearchConfig = SearchConfig()
     students: dict[str, StudentVariant] = {}
     # Free-form paths for a dvc.yaml (pipelines/msrvtt/dvc.yaml reads ``${paths.frames}`` ...); not
     # read by the library itself.
     paths: dict[str, str] = {}
+
+
+def load_params(path: str | Path | None = "params.yaml", settings: Sequence[str] = (),
+                variant: str | None = None) -> Params:
+    """Read ``params.yaml`` (a missing file: all defaults) into :class:`Params`, then apply the student
+    ``variant`` (``students.<name>``, None: none) and then ``settings``, ``section.field=value`` strings
+    (``teach -S``), so that what is typed on the command line wins."""
+    raw: Any = {}
+    if path is not None and Path(path).exists():
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid parameters:\n{exc}") from exc
+    return apply_settings(with_variant(params, variant), settings)
+
+
+def apply_settings(params: Params, settings: Sequence[str]) -> Params:
+    """``params`` with each ``dotted.path=value`` of ``settings`` set; the value is read as YAML
+    (``3``, ``1e-4``, ``true``, ``null``, ``[a, b]``, ``{name: xpool}``). Unknown paths are refused
+    naming the fields that exist there; the result is validated like a params file."""
+    if not settings:
+        return params
+    document = params.model_dump(mode="json")
+    for setting in settings:
+        key, equals, text = setting.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"--set {setting!r}: expected section.field=value")
+        path = key.strip().split(".")
+        _check_setting_path(path, setting)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {setting!r}: the value is not valid YAML: {exc}") from exc
+        target = document
+        for name in path[:-1]:
+            if not isinstance(target.get(name), dict):
+                target[name] = {}
+            target = target[name]
+        target[path[-1]] = value
+    try:
+        return Params.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid --set {', '.join(settings)}:\n{exc}") from exc
+
+
+def _check_setting_path(path: list[str], setting: str) -> None:
+    """Walk the pydantic models along ``path``; free-form mappings (``teachers``, ``options``) accept any key."""
+    annotation: Any = Params
+    for depth, name in enumerate(path):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields = annotation.model_fields
+            if name not in fields:
+                where = ".".join(path[:depth]) or "params"
+                raise ConfigError(f"--set {setting!r}: {where} has no field {name!r} "
+                                  f"(it has: {', '.join(fields)})")
+            annotation = fields[name].annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return  # inside a free-form value (Any, a list): validation judges it
+        # X | None -> X
+        if get_origin(annotation) not in (None, dict, list, Literal) and type(None) in get_args(annotation):
+            annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
 
 
 def with_variant(params: Params, name: str | None) -> Params:
@@ -275,42 +380,3 @@ def _deep_merge(base: dict, updates: dict) -> dict:
         else:
             merged[key] = value
     return merged
-
-
-class ConfigError(ValueError):
-    """A params file that cannot be read or does not validate."""
-
-
-def load_params(path: str | Path | None = "params.yaml") -> Params:
-    """Read ``params.yaml`` (missing file: all defaults) into :class:`Params`."""
-    if path is None:
-        return Params()
-    path = Path(path)
-    if not path.exists():
-        return Params()
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid parameters:\n{exc}") from exc
-
-
-S = TypeVar("S", bound=BaseModel)
-
-
-def override(section: S, **flags: Any) -> S:
-    """Return ``section`` with every flag that is not None replaced (CLI flags beat params.yaml)."""
-    updates = {key: value for key, value in flags.items() if value is not None}
-    unknown = set(updates) - set(type(section).model_fields)
-    if unknown:
-        raise ConfigError(f"unknown {type(section).__name__} field(s): {', '.join(sorted(unknown))}")
-    merged = section.model_dump() | updates
-    try:
-        return type(section).model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid override for {type(section).__name__}:\n{exc}") from exc

@@ -9,16 +9,22 @@ A manifest is a directory with two CSV files:
 
 :func:`load_manifest` validates and raises :class:`ManifestError` naming the file, the line and the
 reason. Rows keep file order; stages that need a canonical order sort by id themselves.
+
+:func:`split_data` is the one definition of "the videos of a split that decoded, and their captions",
+which training, teacher extraction and evaluation all use.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from teachclip.core.errors import InputError
 from teachclip.core.fingerprint import fingerprint, sha256_file
 
 SPLITS = ("train", "val", "test")
@@ -27,7 +33,7 @@ CAPTION_COLUMNS = ("caption_id", "video_id", "text")
 MANIFEST_FINGERPRINT_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest that cannot be used; the message names the file and the reason."""
 
 
@@ -95,6 +101,71 @@ class Manifest:
         )
 
 
+@dataclass(frozen=True)
+class SplitData:
+    """The videos of one split that a frames store decoded, and their captions.
+
+    ``video_ids`` are sorted (the frames store's order); ``captions`` keep manifest order (the order
+    the training sampler draws from; the teacher cache sorts its rows by caption id itself).
+    """
+
+    split: str
+    video_ids: list[str]
+    store_rows: np.ndarray  # int64 [videos]: row of each video in the frames store
+    caption_ids: list[str]
+    texts: list[str]
+    caption_video_ids: list[str]  # each caption's own video
+    caption_video: np.ndarray  # int64 [captions]: position of each caption's video in video_ids
+    captions_of_video: list[list[int]]  # caption positions of each video (the sampler's input)
+    excluded_video_ids: list[str]  # failed decodes (and, with require_captions, videos without captions)
+
+
+def split_data(manifest: Manifest, split: str, store_video_ids: Sequence[str], store_valid: Sequence[bool],
+               *, require_captions: bool = False, min_videos: int = 1) -> SplitData:
+    """The videos of ``split`` that decoded (``store_valid`` of a frames store whose rows are
+    ``store_video_ids``) and the captions of those videos.
+
+    ``require_captions``: leave out videos without a caption too (a training sampler draws one caption
+    per video); otherwise they stay, as distractors of retrieval and columns of a teacher cache.
+    Refuses a split with fewer than ``min_videos`` such videos, or none of their captions, and a
+    store that lacks some of the split's videos (decoded from another manifest).
+    """
+    rows = {video_id: row for row, video_id in enumerate(store_video_ids)}
+    split_ids = sorted(video.video_id for video in manifest.videos_in(split))
+    if not split_ids:
+        raise ManifestError(f"{manifest.root}: no videos in split {split!r}")
+    absent = [video_id for video_id in split_ids if video_id not in rows]
+    if absent:
+        raise ManifestError(
+            f"{manifest.root}: {len(absent)} {split} video(s) are not in the frames store, e.g. {absent[:3]}: "
+            f"was it decoded from another manifest?")
+    with_captions = {caption.video_id for caption in manifest.captions_in(split)}
+    kept = [video_id for video_id in split_ids
+            if store_valid[rows[video_id]] and (not require_captions or video_id in with_captions)]
+    if len(kept) < max(min_videos, 1):
+        raise ManifestError(f"{manifest.root}: split {split!r} has {len(kept)} usable video(s) "
+                            f"(decoded{', with captions' if require_captions else ''}); {max(min_videos, 1)} needed")
+    column = {video_id: position for position, video_id in enumerate(kept)}
+    captions = [caption for caption in manifest.captions_in(split) if caption.video_id in column]
+    if not captions:
+        raise ManifestError(f"{manifest.root}: no captions of decoded videos in split {split!r}")
+    caption_video = np.array([column[caption.video_id] for caption in captions], dtype=np.int64)
+    captions_of_video: list[list[int]] = [[] for _ in kept]
+    for position, video in enumerate(caption_video.tolist()):
+        captions_of_video[video].append(position)
+    return SplitData(
+        split=split,
+        video_ids=kept,
+        store_rows=np.array([rows[video_id] for video_id in kept], dtype=np.int64),
+        caption_ids=[caption.caption_id for caption in captions],
+        texts=[caption.text for caption in captions],
+        caption_video_ids=[caption.video_id for caption in captions],
+        caption_video=caption_video,
+        captions_of_video=captions_of_video,
+        excluded_video_ids=[video_id for video_id in split_ids if video_id not in column],
+    )
+
+
 def _file_identity(path: Path, mode: str) -> list:
     if not path.is_file():
         return ["missing" if not path.exists() else "not-a-file"]
@@ -103,7 +174,7 @@ def _file_identity(path: Path, mode: str) -> list:
         return [stat.st_size, stat.st_mtime_ns]
     if mode == "content":
         return [stat.st_size, sha256_file(path)]
-    raise ValueError(f"unknown fingerprint mode {mode!r} (expected 'content' or 'stat')")
+    raise ManifestError(f"unknown fingerprint mode {mode!r} (expected 'content' or 'stat')")
 
 
 def read_csv_table(

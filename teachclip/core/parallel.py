@@ -1,4 +1,4 @@
-"""Running independent units of work on dask.distributed, with a rich progress bar.
+"""Running independent units of work on dask.distributed.
 
 ``scheduler="local"`` starts a LocalCluster of worker *processes* (decoding and teacher inference
 hold the GIL in places, and a crashing decoder must not take the driver down); ``"sync"`` runs in
@@ -14,34 +14,8 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 from teachclip.core.config import ComputeConfig
-
-
-def progress_bar(transient: bool = False) -> Progress:
-    """The one progress bar style of the project (stderr, so stdout stays parseable)."""
-    from rich.console import Console
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=Console(stderr=True),
-        transient=transient,
-    )
+from teachclip.core.device import local_gpu_count, pick_device
 
 
 @contextlib.contextmanager
@@ -109,3 +83,41 @@ def map_unordered(
         futures[future] = item
     for future in as_completed(futures):
         yield futures[future], future.result()
+
+
+@contextlib.contextmanager
+def compute_client(compute: ComputeConfig) -> Iterator[tuple[Any, dict[str, float] | None]]:
+    """A dask client for GPU-aware work (None for ``scheduler="sync"``) and the resources each task
+    asks for.
+
+    On a local machine with GPUs, workers are one per GPU with a ``GPU`` resource: dask-cuda's
+    LocalCUDACluster when installed (it pins each worker with CUDA_VISIBLE_DEVICES), else a
+    LocalCluster whose workers pick ``cuda:<worker index>``. A remote scheduler's workers are asked
+    for a GPU per task only when they declare one (else tasks would wait forever).
+    """
+    gpus = local_gpu_count() if compute.scheduler == "local" and pick_device(compute.device).type == "cuda" else 0
+    if gpus:
+        compute = compute.model_copy(update={"workers": min(compute.workers, gpus)})
+        cuda_cluster = _local_cuda_cluster(compute)
+        if cuda_cluster is not None:
+            from distributed import Client
+
+            with cuda_cluster as cluster, Client(cluster) as client:
+                yield client, {"GPU": 1}
+            return
+    with dask_client(compute, resources={"GPU": 1} if gpus else None) as client:
+        yield client, (_declared_gpu_resources(client) if client is not None else None)
+
+
+def _local_cuda_cluster(compute: ComputeConfig) -> Any:
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        return None
+    return LocalCUDACluster(n_workers=compute.workers, threads_per_worker=compute.threads_per_worker,
+                            resources={"GPU": 1}, dashboard_address=None)
+
+
+def _declared_gpu_resources(client: Any) -> dict[str, float] | None:
+    workers = client.scheduler_info().get("workers", {}).values()
+    return {"GPU": 1} if any("GPU" in (w.get("resources") or {}) for w in workers) else None

@@ -18,18 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Softmax over the entries where ``mask`` is True; masked entries get exactly 0.
-
-    Computed in float32. A slice with no valid entry gives all zeros (not NaN), so a fully padded
-    video or an empty caption row is harmless downstream.
-    """
-    mask = mask.to(device=logits.device, dtype=torch.bool)
-    filled = logits.float().masked_fill(~mask, float("-inf"))
-    # an all-masked slice would be softmax(-inf, ..., -inf) = NaN: give it finite logits, zero it below
-    filled = torch.where(mask.any(dim, keepdim=True), filled, torch.zeros_like(filled))
-    return filled.softmax(dim) * mask
+from teachclip.models.layers import masked_softmax
 
 
 class AFA(nn.Module):

@@ -20,44 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from teachclip.core.config import BackboneConfig
+from teachclip.core.errors import MissingFileError
+from teachclip.models.io import load_state_dict_safely, weights_path
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 open_clip.add_model_config(MODEL_CONFIG_DIR)  # registers teachclip-micro / -tiny / -small
-
-
-def tiny_model_names() -> list[str]:
-    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
-
-
-def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint without unpickling arbitrary objects.
-
-    ``.safetensors`` files go through safetensors; anything else through
-    ``torch.load(weights_only=True)``, which refuses pickled code with an UnpicklingError.
-    A nested ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle refusal, truncated file, not a torch file
-        raise ValueError(
-            f"{path}: refused to load: not a weights-only checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
 
 
 @contextlib.contextmanager
@@ -84,8 +54,8 @@ class Backbone(nn.Module):
         if pretrained is not None and not local and not pretrained.startswith("hf-hub:") and (
                 "/" in pretrained or Path(pretrained).suffix):
             # a tag never holds a slash or an extension: this is a missing file, not an unknown tag
-            raise FileNotFoundError(f"{pretrained}: backbone checkpoint not found (backbone.pretrained of "
-                                    f"{config.name}); for the demo, `dvc repro pretrain-backbone` writes it")
+            raise MissingFileError(f"{pretrained}: backbone checkpoint not found (backbone.pretrained of "
+                                   f"{config.name}); for the demo, `dvc repro pretrain-backbone` writes it")
         with _quiet_random_init():
             self.clip = open_clip.create_model(
                 config.name,
@@ -95,8 +65,8 @@ class Backbone(nn.Module):
                 # uses GELU and only warns, which silently degrades every score
                 force_quick_gelu=pretrained == "openai",
             )
-        if local:
-            state = load_state_dict_safely(pretrained)
+        if local:  # a weights file, or a saved model directory (teach pretrain-backbone, train-student ...)
+            state = load_state_dict_safely(weights_path(pretrained))
             # a teachclip student/teacher file holds the towers under "backbone.clip." (or "clip.")
             for prefix in ("backbone.clip.", "clip."):
                 if "positional_embedding" not in state and any(k.startswith(prefix) for k in state):
@@ -116,18 +86,38 @@ class Backbone(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(3, 1, 1), persistent=False)
         if config.freeze_visual:
             self.clip.visual.requires_grad_(False)
-            self.clip.visual.eval()
+        if config.freeze_text:
+            for parameter in self._text_parameters():
+                parameter.requires_grad_(False)
+        self.train()
+
+    def _text_parameters(self) -> list[nn.Parameter]:
+        """The text tower's parameters (everything but the image tower and the logit scale/bias)."""
+        return [p for name, p in self.clip.named_parameters()
+                if not name.startswith("visual.") and name not in ("logit_scale", "logit_bias")]
+
+    def _text_modules(self) -> list[nn.Module]:
+        return [module for name, module in self.clip.named_children() if name != "visual"]
 
     def train(self, mode: bool = True) -> Backbone:
-        super().train(mode)
+        super().train(mode and not (self.config.freeze_visual and self.config.freeze_text))
+        # a frozen tower always runs in eval mode: it gives the features a frame-features store holds
         if self.config.freeze_visual:
-            self.clip.visual.eval()  # a frozen tower gives the features a frame-features store holds
+            self.clip.visual.eval()
+        if self.config.freeze_text:
+            for module in self._text_modules():
+                module.eval()
         return self
 
     @property
     def visual_frozen(self) -> bool:
-        """True when no parameter of the image tower trains (freeze_visual, or a wholly frozen model)."""
+        """True when no parameter of the image tower trains."""
         return not any(p.requires_grad for p in self.clip.visual.parameters())
+
+    @property
+    def text_frozen(self) -> bool:
+        """True when no parameter of the text tower trains."""
+        return not any(p.requires_grad for p in self._text_parameters())
 
     def visual_fingerprint(self) -> str:
         """sha256 of the image tower's weights (names, shapes, dtypes, bytes): what a frame-features
@@ -217,18 +207,3 @@ class Backbone(nn.Module):
         videos, steps = frames.shape[:2]
         flat = self.encode_images(frames.reshape(videos * steps, *frames.shape[2:]))
         return flat.view(videos, steps, -1)
-
-
-def autocast(device: torch.device | str, enabled: bool = True):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op context on CPU."""
-    device = torch.device(device)
-    if device.type != "cuda" or not enabled:
-        return torch.autocast(device_type=device.type, enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

@@ -1,18 +1,13 @@
-"""Save and rebuild models: ``model.safetensors`` (weights) + ``config.json`` (how to rebuild).
+"""The model file format: ``model.safetensors`` (weights) + ``config.json`` (how to rebuild).
 
 A saved model is a directory::
 
     model.safetensors   every tensor of the state dict (shared/tied tensors stored once)
     config.json         {"config": ..., "extra": ..., "format_version": 1, "kind": "student"}
 
-``load_model`` looks ``kind`` up in a registry of builders (``config dict -> nn.Module``), builds the
-module and loads the weights with safetensors only: nothing is ever unpickled. ``student`` is
-registered here; the teachers package registers its kinds (xpool, xclip, ts2net, frame_clip,
-caption_sim) when imported, and ``load_model`` imports it on demand.
-
-Builders must not fetch pretrained weights: the checkpoint supplies every tensor, so a builder strips
-``pretrained`` from the config it is given (see :func:`without_pretrained`) and a saved model loads
-offline, wherever its original pretrained checkpoint lives.
+This module reads and writes the two files; which module a ``kind`` rebuilds is the registry's job
+(:func:`teachclip.models.factory.load_model`). Weights are read with safetensors, or a foreign
+checkpoint with ``torch.load(weights_only=True)``: nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,48 +23,16 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from teachclip.core.errors import InputError, MissingFileError
+from teachclip.core.fingerprint import fingerprint, sha256_file
+
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
-Builder = Callable[[dict[str, Any]], nn.Module]
-_BUILDERS: dict[str, Builder] = {}
 
-
-class CheckpointError(ValueError):
-    """A saved model that cannot be rebuilt: unknown kind, bad config, weights that do not fit."""
-
-
-def register_kind(kind: str, builder: Builder) -> None:
-    """Make ``load_model`` able to rebuild modules saved with ``kind``.
-
-    Registering the same builder again (a re-imported module) is fine; a different builder for a
-    kind that is already taken is an error, so two modules cannot silently fight over a name.
-    """
-    current = _BUILDERS.get(kind)
-    if current is not None and _qualified_name(current) != _qualified_name(builder):
-        raise ValueError(
-            f"model kind {kind!r} is already registered to {_qualified_name(current)}; "
-            f"refusing {_qualified_name(builder)}"
-        )
-    _BUILDERS[kind] = builder
-
-
-def registered_kinds() -> list[str]:
-    return sorted(_BUILDERS)
-
-
-def without_pretrained(config: Any) -> Any:
-    """A copy of a (nested) config dict with every ``pretrained`` entry set to None.
-
-    Builders use it so that rebuilding a saved model never downloads or reads the original
-    pretrained weights: they are overwritten by the checkpoint anyway.
-    """
-    if isinstance(config, dict):
-        return {key: None if key == "pretrained" else without_pretrained(value) for key, value in config.items()}
-    if isinstance(config, list):
-        return [without_pretrained(value) for value in config]
-    return config
+class CheckpointError(InputError):
+    """A saved model or checkpoint that cannot be used: unknown kind, bad config, weights that do not fit."""
 
 
 def save_model(
@@ -118,11 +81,13 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     """The parsed ``config.json`` of a saved model: {"kind", "config", "extra", "format_version"}."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no saved model config (expected {CONFIG_FILE} next to {WEIGHTS_FILE})")
+        raise MissingFileError(f"{path}: no saved model config (expected {CONFIG_FILE} next to {WEIGHTS_FILE})")
     try:
         document = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(document).__name__}")
     missing = {"kind", "config", "format_version"} - set(document)
     if missing:
         raise CheckpointError(f"{path}: missing key(s) {', '.join(sorted(missing))}")
@@ -134,68 +99,109 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return document
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a saved model from ``config.json`` and load ``model.safetensors`` into it.
-
-    Returns the module on ``device`` in eval mode (call ``.train()`` to continue training).
-    Missing or unexpected tensor names and shape mismatches are errors naming the file.
-    """
+def load_weights(model: nn.Module, directory: str | Path) -> None:
+    """Load ``directory/model.safetensors`` into ``model`` (strict: every name and shape must fit)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model as load_safetensors
 
-    directory = Path(directory)
-    document = read_config(directory)
-    weights = directory / WEIGHTS_FILE
+    weights = Path(directory) / WEIGHTS_FILE
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: weights not found (saved models keep them in {WEIGHTS_FILE})")
-    kind = document["kind"]
-    builder = _builder_for(kind, directory / CONFIG_FILE)
-    try:
-        model = builder(document["config"])
-    except Exception as exc:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: cannot build a {kind!r} model: {exc}") from exc
+        raise MissingFileError(f"{weights}: weights not found (saved models keep them in {WEIGHTS_FILE})")
     try:
         load_safetensors(model, str(weights), strict=True, device="cpu")
     except (RuntimeError, SafetensorError) as exc:  # missing/unexpected keys, size mismatch, corrupt file
-        raise CheckpointError(f"{weights}: weights do not fit the {kind!r} model in {CONFIG_FILE}: {exc}") from exc
-    return model.to(device).eval()
+        raise CheckpointError(f"{weights}: weights do not fit the model in {CONFIG_FILE}: {exc}") from exc
 
 
-def _builder_for(kind: str, config_path: Path) -> Builder:
-    if kind not in _BUILDERS:
-        try:  # the teachers package registers its kinds on import
-            import teachclip.models.teachers  # noqa: F401
-        except ImportError as exc:
-            raise CheckpointError(
-                f"{config_path}: unknown model kind {kind!r} and the teachers package failed to import: {exc}"
-            ) from exc
-    if kind not in _BUILDERS:
+def model_fingerprint(model_dir: str | Path) -> str:
+    """Identity of a saved model: the sha256 of its weights and its config file."""
+    model_dir = Path(model_dir)
+    hashes = {}
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        path = model_dir / name
+        if not path.is_file():
+            raise MissingFileError(f"{path}: not found (a saved model has {CONFIG_FILE} and {WEIGHTS_FILE})")
+        hashes[name] = sha256_file(path)
+    return fingerprint("model", hashes)
+
+
+def weights_path(path: str | Path) -> Path:
+    """A weights file as given, or the weights file of a saved-model directory."""
+    path = Path(path)
+    return path / WEIGHTS_FILE if path.is_dir() else path
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The state dict of a weights file and the names of the wrapper entries left out, without
+    unpickling arbitrary objects.
+
+    ``.safetensors`` files go through safetensors; anything else through
+    ``torch.load(weights_only=True)`` (memory-mapped when the file is in torch's zip format), which
+    refuses pickled code. A ``{"state_dict": ...}`` (X-Pool) or ``{"model": ...}`` wrapper is unwrapped
+    and a ``module.`` prefix (DataParallel/DDP) stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path), device="cpu")), []
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # pickled code, truncated file, not a torch file
         raise CheckpointError(
-            f"{config_path}: unknown model kind {kind!r}; registered kinds: {', '.join(registered_kinds())}"
-        )
-    return _BUILDERS[kind]
+            f"{path}: refused to load: not a weights-only checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    wrapper: list[str] = []
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            wrapper = sorted(str(k) for k in state if k != key)
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+    state = {str(key): value for key, value in state.items()}
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state, wrapper
+
+
+def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
+    """:func:`read_state_dict` without the wrapper names."""
+    return read_state_dict(path)[0]
+
+
+def without_pretrained(config: Any) -> Any:
+    """A copy of a (nested) config dict with every ``pretrained`` entry set to None.
+
+    Builders use it so that rebuilding a saved model never downloads or reads the original
+    pretrained weights: they are overwritten by the checkpoint anyway.
+    """
+    if isinstance(config, dict):
+        return {key: None if key == "pretrained" else without_pretrained(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [without_pretrained(value) for value in config]
+    return config
+
+
+def software_versions() -> dict[str, str]:
+    """The libraries that compute scores and weights (provenance recorded in stores and models)."""
+    from importlib.metadata import version
+
+    import numpy
+    import open_clip
+    import zarr
+
+    return {"numpy": numpy.__version__, "open_clip": open_clip.__version__, "teachclip": version("teachclip"),
+            "torch": torch.__version__, "zarr": zarr.__version__}
 
 
 def _temporary_path(directory: Path, name: str) -> Path:
     handle, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     os.close(handle)
     return Path(path)
-
-
-def _qualified_name(builder: Callable) -> str:
-    return f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', repr(builder))}"
-
-
-def _build_student(config: dict[str, Any]) -> nn.Module:
-    from teachclip.models.student import Student
-    from teachclip.core.config import StudentConfig
-
-    saved = StudentConfig.model_validate(config)
-    model = Student(StudentConfig.model_validate(without_pretrained(config)))
-    # keep the saved config (with its pretrained source) as provenance of the rebuilt model
-    model.config = saved
-    model.backbone.config = saved.backbone
-    return model
-
-
-register_kind("student", _build_student)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from teachclip.models.afa import masked_softmax
+from teachclip.models.layers import masked_softmax
 
 TeacherSims = torch.Tensor | Sequence[torch.Tensor]
 

@@ -13,10 +13,10 @@ Text path: the CLIP text tower's end-of-text feature, L2-normalised. Retrieval l
 ``logit_scale() * text @ video.T``. The video vector never sees a text, so retrieval costs the same as
 CLIP4Clip whatever the training was.
 
-Backbone-frozen mode (``freeze_backbone``): the *whole* open_clip model, both towers, is frozen and
-runs under ``no_grad``; only the temporal head, AFA and the logit scale train. Per-frame features
-then never change, so the training stage computes them once and feeds them to the ``*_from_features``
-methods. CLIP4Clip itself fine-tunes both towers (at lr 1e-7): that is ``freeze_backbone: false``.
+Frozen towers (``backbone.freeze_visual`` / ``backbone.freeze_text``): a frozen tower runs under
+``no_grad`` in eval mode. With both frozen only the temporal head, AFA and the logit scale train;
+per-frame features and text vectors then never change, so the training stage computes them once and
+feeds them to the ``*_from_features`` methods. CLIP4Clip itself fine-tunes both towers (at lr 1e-7).
 """
 
 from __future__ import annotations
@@ -25,55 +25,15 @@ import math
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import Transformer
 from torch import nn
 
+from teachclip.core.config import StudentConfig
 from teachclip.models.afa import AFA
 from teachclip.models.backbone import Backbone
-from teachclip.core.config import StudentConfig
+from teachclip.models.layers import TemporalTransformer, masked_mean
+from teachclip.models.scorer import VectorScorer
 
 MAX_LOGIT_SCALE = 100.0
-
-
-def masked_mean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the valid frames of [V, T, d] (a video with no valid frame gives zeros)."""
-    weights = mask.to(device=features.device, dtype=features.dtype).unsqueeze(-1)
-    return (features * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-
-
-class TemporalTransformer(nn.Module):
-    """CLIP4Clip's ``seqTransf`` head: frame position embeddings, a CLIP-style transformer over the
-    frames with padded frames masked out as keys, and a residual to the input features."""
-
-    def __init__(self, dim: int, layers: int, heads: int, max_frames: int,
-                 act_layer: type[nn.Module] = nn.GELU, norm_layer: type[nn.Module] | None = None):
-        super().__init__()
-        kwargs = {"norm_layer": norm_layer} if norm_layer is not None else {}
-        self.heads = heads
-        self.frame_position_embeddings = nn.Embedding(max_frames, dim)
-        nn.init.normal_(self.frame_position_embeddings.weight, std=0.01)
-        self.transformer = Transformer(dim, layers, heads, act_layer=act_layer, batch_first=True, **kwargs)
-
-    def attention_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Additive mask [V * heads, T, T]: -inf on padded keys. A video with no valid frame attends
-        everywhere instead (its output is pooled away anyway), so no softmax row is all -inf."""
-        keys_allowed = mask | ~mask.any(dim=1, keepdim=True)
-        additive = torch.zeros(keys_allowed.shape, dtype=dtype, device=mask.device)
-        additive = additive.masked_fill(~keys_allowed, float("-inf"))
-        steps = mask.shape[1]
-        return additive[:, None, None, :].expand(-1, self.heads, steps, -1).reshape(-1, steps, steps)
-
-    def forward(self, frame_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        mask = mask.to(device=frame_features.device, dtype=torch.bool)
-        steps = frame_features.shape[1]
-        if steps > self.frame_position_embeddings.num_embeddings:
-            raise ValueError(
-                f"{steps} frames per video but the seqTransf head has "
-                f"{self.frame_position_embeddings.num_embeddings} frame positions (StudentConfig.max_frames)"
-            )
-        positions = self.frame_position_embeddings.weight[:steps].to(frame_features.dtype)
-        hidden = self.transformer(frame_features + positions, attn_mask=self.attention_mask(mask, frame_features.dtype))
-        return hidden + frame_features
 
 
 class Student(nn.Module):
@@ -95,40 +55,19 @@ class Student(nn.Module):
         self.temporal = self._build_temporal(config, dim) if config.head == "seqTransf" else None
         self.afa = AFA(dim, config.afa_pool_temperature, config.afa_weight_temperature) if config.afa else None
 
-        if config.freeze_backbone:
-            self.backbone.requires_grad_(False)
-            self.backbone.eval()
-
     def _build_temporal(self, config: StudentConfig, dim: int) -> TemporalTransformer:
+        """CLIP4Clip's init (``temporal_init: text``): the first layers copy the text tower's, the frame
+        positions its positions; ``random``: fresh layers, positions N(0, 0.01)."""
         text = getattr(self.backbone.clip, "transformer", None)
-        text_blocks = getattr(text, "resblocks", None)
-        copy_text = (
-            config.temporal_init == "text" and text_blocks is not None and getattr(text, "width", None) == dim
-        )
-        if copy_text:
-            first = text_blocks[0]
-            heads = first.attn.num_heads
-            temporal = TemporalTransformer(dim, config.temporal_layers, heads, config.max_frames,
-                                           act_layer=type(first.mlp.gelu), norm_layer=type(first.ln_1))
-            # CLIP4Clip: the first temporal layers start as the first text layers, positions likewise
-            for index in range(min(config.temporal_layers, len(text_blocks))):
-                temporal.transformer.resblocks[index].load_state_dict(text_blocks[index].state_dict())
-            positions = self.backbone.clip.positional_embedding.detach()
-            rows = min(config.max_frames, positions.shape[0])
-            with torch.no_grad():
-                temporal.frame_position_embeddings.weight[:rows].copy_(positions[:rows])
-            return temporal
-        return TemporalTransformer(dim, config.temporal_layers, max(1, dim // 64), config.max_frames)
+        if config.temporal_init != "text" or getattr(text, "width", None) != dim:
+            return TemporalTransformer(dim, config.temporal_layers, config.max_frames)
+        return TemporalTransformer(dim, config.temporal_layers, config.max_frames, text=text,
+                                   position_init=self.backbone.clip.positional_embedding.detach(),
+                                   heads=text.resblocks[0].attn.num_heads)
 
     @property
     def device(self) -> torch.device:
         return self.log_logit_scale.device
-
-    def train(self, mode: bool = True) -> Student:
-        super().train(mode)
-        if self.config.freeze_backbone:
-            self.backbone.eval()  # a frozen backbone gives the same features as the cache, always
-        return self
 
     # ---- text ------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -136,7 +75,7 @@ class Student(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """L2-normalised sentence features [N, d]."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone.text_frozen):
             features = self.backbone.encode_text(tokens)
         return F.normalize(features.float(), dim=-1)
 
@@ -144,7 +83,7 @@ class Student(nn.Module):
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """Raw per-frame backbone features [V, T, d] of uint8 frames [V, T, H, W, 3] (padding
         included); what the frozen mode caches."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone.visual_frozen):
             return self.backbone.encode_frames(frames).float()
 
     def video_and_frame_weights_from_features(
@@ -157,7 +96,7 @@ class Student(nn.Module):
         if self.temporal is not None:
             features = self.temporal(features, mask)
         if self.afa is None:
-            video = F.normalize(masked_mean(F.normalize(features, dim=-1), mask), dim=-1)
+            video = F.normalize(masked_mean(F.normalize(features, dim=-1), mask[..., None], dim=1), dim=-1)
             return video, None
         return self.afa(features, mask)
 
@@ -185,6 +124,10 @@ class Student(nn.Module):
         if self.afa is None:  # fail before running the backbone
             raise ValueError("frame_weights needs the AFA block: this student has afa: false")
         return self.frame_weights_from_features(self.frame_features(frames), mask)
+
+    def scorer(self) -> VectorScorer:
+        """The scoring interface of evaluation and search (:mod:`teachclip.models.scorer`)."""
+        return VectorScorer(self)
 
     # ---- training ----------------------------------------------------------------------------
     def logit_scale(self) -> torch.Tensor:

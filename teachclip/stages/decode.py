@@ -1,55 +1,34 @@
 """Stage ``decode``: sample every manifest video into the frames store (see docs/decode.md).
 
 The unit of work is one shard of ``videos_per_shard`` videos (in video-id order): a worker decodes
-its videos and writes the whole shard of ``frames`` and the chunk of ``frame_mask`` (zarr 3 has no
-locks, so no two workers ever touch one file). The driver records each finished shard's failures
-and a completion marker in ``<out>.partial``; a killed run rerun with the same arguments decodes
-only unmarked shards. When every shard is done the attributes get the sorted failure list and
-``complete: true`` and the directory is renamed to ``<out>``. Nothing written depends on timing or
-order of completion, so the store is byte-identical however the run was split or interrupted.
+its videos and writes the whole shard (:func:`teachclip.stores.frames.write_shard`); the driver
+records each finished shard's failures and its completion marker, so a killed run rerun with the
+same arguments decodes only unmarked shards. The store's schema, fingerprint and writer live in
+:mod:`teachclip.stores.frames`; this module plans the shards, runs them on dask and decodes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import zarr
 
-from teachclip.stores.frames import (
-    FORMAT_VERSION,
-    FRAMES,
-    MASK,
-    STORE_KIND,
-    VIDEO_IDS,
-    FramesStore,
-    FramesStoreError,
-    StoreMismatchError,
-    read_attributes,
-)
-from teachclip.stores.zarr_io import (
-    create_array,
-    done_units,
-    finalize,
-    mark_done,
-    partial_path,
-    write_strings,
-)
 from teachclip.core.config import ComputeConfig, DecodeConfig
-from teachclip.core.fingerprint import fingerprint
+from teachclip.core.errors import InputError
 from teachclip.core.manifest import Manifest, load_manifest
-from teachclip.core.parallel import dask_client, map_unordered, progress_bar
+from teachclip.core.parallel import dask_client, map_unordered
+from teachclip.core.progress import progress_bar
+from teachclip.stores import frames as store
+from teachclip.stores.frames import FramesStore
+from teachclip.stores.zarr_io import partial_path
 from teachclip.video import VideoDecodeError, decoder_identity, sample_frames
 
-FAILURES_DIR = "_failures"  # per-shard failure records inside <out>.partial until finalize
 SAMPLING_RULE = "clip4clip-v1"  # bump when the meaning of the sampling fields changes
 
 
-class TooManyFailuresError(RuntimeError):
+class TooManyFailuresError(InputError):
     """More videos failed than ``max_failure_fraction`` allows; the store is written anyway."""
 
     def __init__(self, result: DecodeResult, limit: float) -> None:
@@ -115,36 +94,6 @@ def sampling_config(config: DecodeConfig) -> dict:
     }
 
 
-def frames_fingerprint(manifest_fingerprint: str, sampling: dict) -> str:
-    return fingerprint("frames", {"manifest": manifest_fingerprint, "sampling": sampling})
-
-
-def _store_attributes(
-    frames_fp: str,
-    manifest_fp: str,
-    sampling: dict,
-    config: DecodeConfig,
-    videos: int,
-    failures: list[dict],
-    complete: bool,
-) -> dict:
-    # one fixed key order: the group's zarr.json must come out byte-identical on every run
-    return {
-        "kind": STORE_KIND,
-        "format_version": FORMAT_VERSION,
-        "fingerprint": frames_fp,
-        "manifest_fingerprint": manifest_fp,
-        # how the manifest was fingerprinted, so readers recompute only that one ("content" hashes
-        # every video file)
-        "manifest_fingerprint_mode": config.fingerprint_mode,
-        "sampling": sampling,
-        "videos": videos,
-        "videos_per_shard": config.videos_per_shard,
-        "failures": failures,
-        "complete": complete,
-    }
-
-
 # ---- the stage ----------------------------------------------------------------------------------
 
 
@@ -168,49 +117,31 @@ def decode(
     partial = partial_path(out)
     manifest_fp = manifest.fingerprint(config.fingerprint_mode)
     sampling = sampling_config(config)
-    frames_fp = frames_fingerprint(manifest_fp, sampling)
+    attributes = store.store_attributes(
+        frames_fp=store.frames_fingerprint(manifest_fp, sampling), manifest_fp=manifest_fp,
+        manifest_fp_mode=config.fingerprint_mode, sampling=sampling, videos=len(manifest.videos),
+        videos_per_shard=config.videos_per_shard, failures=[], complete=False)
     jobs = _shard_jobs(manifest, config.videos_per_shard)
-    videos = sum(len(job.video_ids) for job in jobs)
 
     if overwrite:
         for path in (out, partial):
             if path.exists():
                 shutil.rmtree(path)
     if out.exists():
-        _check_fingerprint(out, frames_fp, manifest_fp, finished=True)
-        failures = FramesStore.open(out).failures
-        result = DecodeResult(out, frames_fp, videos, failures, len(jobs), 0, already_complete=True)
+        store.check_existing(out, attributes, finished=True)
+        result = DecodeResult(out, attributes["fingerprint"], len(manifest.videos), FramesStore.open(out).failures,
+                              len(jobs), 0, already_complete=True)
     else:
-        base = dict(
-            frames_fp=frames_fp, manifest_fp=manifest_fp, sampling=sampling, config=config, videos=videos
-        )
-        pending = _open_partial(partial, jobs, config, base)
+        video_ids = [video_id for job in jobs for video_id in job.video_ids]
+        done = store.open_partial(partial, video_ids, attributes, config.frames_per_video, config.size)
+        pending = [job for job in jobs if job.index not in done]
         if pending:
-            _run_jobs(pending, partial, config, compute, videos, progress)
-        failures = _finish(partial, out, jobs, base)
-        result = DecodeResult(out, frames_fp, videos, failures, len(jobs), len(pending))
+            _run_jobs(pending, partial, config, compute, len(manifest.videos), progress)
+        failures = store.finish(partial, out, len(jobs), attributes)
+        result = DecodeResult(out, attributes["fingerprint"], len(manifest.videos), failures, len(jobs), len(pending))
     if result.failure_fraction > config.max_failure_fraction:
         raise TooManyFailuresError(result, config.max_failure_fraction)
     return result
-
-
-def _open_partial(partial: Path, jobs: list[ShardJob], config: DecodeConfig, base: dict) -> list[ShardJob]:
-    """Create ``<out>.partial`` or check the one a previous run left; returns the shards to do."""
-    if partial.exists() and not _discard_if_empty(partial):
-        _check_fingerprint(
-            partial,
-            base["frames_fp"],
-            base["manifest_fp"],
-            finished=False,
-            videos_per_shard=config.videos_per_shard,
-        )
-        if read_attributes(partial).get("complete"):  # killed after the final attributes
-            return []
-    else:
-        video_ids = [v for job in jobs for v in job.video_ids]
-        _create_store(partial, video_ids, config, _store_attributes(failures=[], complete=False, **base))
-    done = done_units(partial)
-    return [job for job in jobs if _unit(job.index) not in done]
 
 
 def _shard_jobs(manifest: Manifest, videos_per_shard: int) -> list[ShardJob]:
@@ -241,60 +172,6 @@ def _shown_path(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _unit(index: int) -> str:
-    return f"shard-{index:06d}"
-
-
-def _check_fingerprint(
-    path: Path, frames_fp: str, manifest_fp: str, finished: bool, videos_per_shard: int = 0
-) -> None:
-    what = "frames store" if finished else "partial frames store"
-    try:
-        attributes = read_attributes(path)
-    except FramesStoreError as exc:
-        raise StoreMismatchError(f"{exc}; refusing to replace it (pass overwrite / --overwrite)") from exc
-    if attributes.get("fingerprint") != frames_fp:
-        raise StoreMismatchError(
-            f"{path}: existing {what} has frames fingerprint {attributes.get('fingerprint')} "
-            f"(manifest {attributes.get('manifest_fingerprint')}), but this run's inputs give frames "
-            f"fingerprint {frames_fp} (manifest {manifest_fp}); the manifest or the sampling config "
-            "differ. Pass overwrite / --overwrite to rebuild, or choose another output."
-        )
-    if not finished and attributes.get("videos_per_shard") != videos_per_shard:
-        raise StoreMismatchError(
-            f"{path}: partial frames store was started with videos_per_shard="
-            f"{attributes.get('videos_per_shard')}, this run asks for {videos_per_shard}; rerun with the "
-            "same value to resume, or pass overwrite / --overwrite to start again."
-        )
-
-
-_STORE_ENTRIES = {"zarr.json", FRAMES, MASK, VIDEO_IDS}
-
-
-def _discard_if_empty(partial: Path) -> bool:
-    """A partial store killed before it recorded any work (no readable attributes, no markers,
-    nothing but store entries) is removed; True when that happened."""
-    try:
-        read_attributes(partial)
-        return False
-    except FramesStoreError:
-        pass
-    entries = {p.name for p in partial.iterdir()}
-    if done_units(partial) or not entries <= _STORE_ENTRIES:
-        return False
-    shutil.rmtree(partial)
-    return True
-
-
-def _create_store(partial: Path, video_ids: list[str], config: DecodeConfig, attributes: dict) -> None:
-    t, s, v = config.frames_per_video, config.size, config.videos_per_shard
-    root = zarr.open_group(str(partial), mode="w", zarr_format=3)
-    create_array(root, FRAMES, (len(video_ids), t, s, s, 3), (1, t, s, s, 3), "uint8", shards=(v, t, s, s, 3))
-    create_array(root, MASK, (len(video_ids), t), (v, t), "bool", fill_value=False)
-    write_strings(root, VIDEO_IDS, video_ids)
-    root.attrs.put(attributes)  # last: a store with a fingerprint is a usable store
-
-
 def _run_jobs(
     pending: list[ShardJob],
     partial: Path,
@@ -303,47 +180,16 @@ def _run_jobs(
     videos: int,
     show: bool,
 ) -> None:
-    failures_dir = partial / FAILURES_DIR
-    failures_dir.mkdir(exist_ok=True)
-    done = done_units(partial)
-    failed = sum(len(json.loads(p.read_text())) for p in failures_dir.glob("*.json") if p.stem in done)
+    failed = store.recorded_failures(partial)
     already = videos - sum(len(job.video_ids) for job in pending)
-    bar = progress_bar() if show else None
     if compute.scheduler == "local":  # no idle worker processes to start for a few shards
         compute = compute.model_copy(update={"workers": min(compute.workers, len(pending))})
-    with bar if bar is not None else contextlib.nullcontext(), dask_client(compute) as client:
-        task = None
-        if bar is not None:
-            task = bar.add_task("decode", total=videos, completed=already, status=f"{failed} failed")
+    with progress_bar(show) as bar, dask_client(compute) as client:
+        task = bar.add_task("decode", total=videos, completed=already, status=f"{failed} failed")
         for job, result in map_unordered(client, decode_shard, pending, partial=str(partial), config=config):
-            # failures first, marker second: a marked shard always has its failure record
-            (failures_dir / f"{_unit(job.index)}.json").write_text(
-                json.dumps(result.failures, sort_keys=True)
-            )
-            mark_done(partial, _unit(job.index))
+            store.record_shard(partial, job.index, result.failures)
             failed += len(result.failures)
-            if bar is not None:
-                bar.update(task, advance=len(job.video_ids), status=f"{failed} failed")
-
-
-def _finish(partial: Path, out: Path, jobs: list[ShardJob], base: dict) -> list[dict]:
-    """Write the final attributes, drop bookkeeping, rename to ``out``; returns the failures."""
-    root = zarr.open_group(str(partial), mode="r+", zarr_format=3)
-    attributes = dict(root.attrs)
-    if attributes.get("complete"):  # killed after the attributes were final: only the rename is left
-        failures = attributes["failures"]
-    else:
-        missing = [_unit(j.index) for j in jobs if _unit(j.index) not in done_units(partial)]
-        if missing:
-            raise RuntimeError(f"{partial}: shards {', '.join(missing[:5])} were not written")
-        failures = []
-        for job in jobs:
-            failures += json.loads((partial / FAILURES_DIR / f"{_unit(job.index)}.json").read_text())
-        failures.sort(key=lambda record: record["video_id"])
-        root.attrs.put(_store_attributes(failures=failures, complete=True, **base))
-    shutil.rmtree(partial / FAILURES_DIR, ignore_errors=True)
-    finalize(partial, out)
-    return failures
+            bar.update(task, advance=len(job.video_ids), status=f"{failed} failed")
 
 
 # ---- the unit of work (runs on a dask worker) ----------------------------------------------------
@@ -373,16 +219,5 @@ def decode_shard(job: ShardJob, *, partial: str, config: DecodeConfig) -> ShardR
         except Exception as exc:  # a decoder bug must not stop the run; record it like bad input
             reason = f"unexpected {type(exc).__name__}: {exc}".replace(path, shown)
             result.failures.append({"video_id": video_id, "path": shown, "reason": reason})
-    _write_shard(Path(partial), job, frames, mask)
+    store.write_shard(Path(partial), job.index, job.start, frames, mask)
     return result
-
-
-def _write_shard(partial: Path, job: ShardJob, frames: np.ndarray, mask: np.ndarray) -> None:
-    stop = job.start + len(job.video_ids)
-    for name, block in ((FRAMES, frames), (MASK, mask)):
-        array = zarr.open_array(str(partial / name), mode="r+", zarr_format=3)
-        # a killed run may have left this shard half written; an edge shard would be merged
-        # with (and fail the checksum of) that debris instead of replaced
-        key = array.metadata.encode_chunk_key((job.index,) + (0,) * (array.ndim - 1))
-        (partial / name / key).unlink(missing_ok=True)
-        array[job.start : stop] = block

@@ -25,9 +25,7 @@ written before every download has finished.
 Unknown fields (duration, category ...) are ignored, except near misses of the known names
 (``capton``), which are reported as typos.
 
-Official datasets (``--dataset msrvtt`` ...) get their own ``prepare_<name>`` functions next to
-:func:`prepare_csv`; each reads its annotation files into :class:`Row` s and shares
-:func:`rows_to_manifest`.
+Official datasets (``--dataset msrvtt`` ...) are read by :mod:`teachclip.datasets`.
 """
 
 from __future__ import annotations
@@ -40,10 +38,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from teachclip.core.errors import InputError
 from teachclip.core.manifest import SPLITS, write_manifest
 
 
-class PrepareError(ValueError):
+class PrepareError(InputError):
     """Input that cannot become a manifest; the message names the file, the line and the reason."""
 
 

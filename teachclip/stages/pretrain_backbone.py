@@ -13,10 +13,11 @@ seconds have no caption and are left out; each epoch draws a fresh wording of ev
 (random template and synonyms, the scene named with the demo's probability). The captions describe
 single frames, never videos, so nothing about the benchmark's video-level task leaks in.
 
-Output directory::
+Output directory (a saved model of kind ``backbone``, :mod:`teachclip.models.io`)::
 
-    clip.safetensors        the open_clip state dict: use as ``backbone.pretrained`` (a local path)
-    config.json             backbone and pretraining configs, data fingerprint, last metrics
+    model.safetensors       the open_clip towers (``clip.*``): use the file (or the directory) as
+                            ``backbone.pretrained``
+    config.json             the backbone config; extra: pretraining config, data fingerprint, last metrics
     metrics.tsv, .json      per epoch: loss, held-out text->frame R@1/R@5 (frames of the data's test split)
     checkpoint/             training state for --resume
 """
@@ -34,32 +35,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from teachclip.models.backbone import Backbone, autocast, pick_device
+from teachclip.core.config import ComputeConfig, PretrainBackboneConfig
+from teachclip.core.device import autocast, grad_scaler, pick_device
+from teachclip.core.errors import InputError
+from teachclip.core.manifest import load_manifest
+from teachclip.core.progress import progress_bar
+from teachclip.demo.vocabulary import META_FILE, TEMPLATES, ObjectSpec, compose_caption
+from teachclip.models.backbone import Backbone
+from teachclip.models.factory import BACKBONE
+from teachclip.models.io import save_model
 from teachclip.models.losses import info_nce
 from teachclip.models.metrics import retrieval_metrics
-from teachclip.core.config import ComputeConfig, PretrainBackboneConfig
-from teachclip.core.manifest import load_manifest
-from teachclip.training import (
-    RunningLosses,
-    build_optimizer,
-    grad_scaler,
-    optimizer_step,
-    save_training_state,
-    seed_everything,
-    start_or_resume,
-    training_progress,
-    warmup_cosine,
-)
-from teachclip.stages.demo_data import META_FILE, TEMPLATES, ObjectSpec, compose_caption
-from teachclip.stages.evaluate import open_frames_for
-from teachclip.stages.train_teacher import CHECKPOINT_DIR
+from teachclip.stores import open_for_manifest
+from teachclip.training.log import RunningLosses
+from teachclip.training.optim import build_optimizer, optimizer_step, seed_everything, warmup_cosine
+from teachclip.training.state import CHECKPOINT_DIR, save_training_state, start_or_resume
 from teachclip.video import uniform_picks
 
-WEIGHTS_FILE = "clip.safetensors"
-CONFIG_FILE = "config.json"
 
-
-class PretrainError(ValueError):
+class PretrainError(InputError):
     """Data this stage cannot pretrain on; the message names the file and the reason."""
 
 
@@ -139,7 +133,7 @@ def pretrain_backbone(
     out, device = Path(out), pick_device(compute.device)
     checkpoint = out / CHECKPOINT_DIR
     manifest = load_manifest(manifest_dir)
-    store = open_frames_for(frames, manifest)
+    store = open_for_manifest(frames, manifest)
     if store.holds_features:
         raise PretrainError(f"{frames}: a frame-features store; pretraining needs the frames themselves")
     train = labelled_frames(manifest_dir, store, {"train", "val"})
@@ -165,7 +159,7 @@ def pretrain_backbone(
     start_epoch, step, log = start_or_resume(out, checkpoint, identity, resume, model=model, optimizer=optimizer,
                                              scheduler=scheduler, scaler=scaler)
 
-    with training_progress(progress) as bar:
+    with progress_bar(progress) as bar:
         for epoch in range(start_epoch, config.epochs):
             model.train()
             rng = np.random.default_rng([config.seed, epoch])  # order and wordings of this epoch
@@ -191,13 +185,8 @@ def pretrain_backbone(
             save_training_state(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                 epoch=epoch + 1, step=step, extra={"identity": identity, "history": log.rows})
 
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}, str(out / WEIGHTS_FILE))
     last = log.rows[-1] if log.rows else {}
-    document = {"kind": "pretrained-backbone", "backbone": config.backbone.model_dump(mode="json"),
-                "pretrain_backbone": config.model_dump(mode="json"), "frames_fingerprint": store.fingerprint,
-                "train_frames": len(train.objects), "heldout_frames": len(held.objects), "last_epoch": last}
-    (out / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    save_model(out, model, BACKBONE, config.backbone, extra={
+        "pretrain_backbone": config.model_dump(mode="json"), "frames_fingerprint": store.fingerprint,
+        "train_frames": len(train.objects), "heldout_frames": len(held.objects), "last_epoch": last})
     return last

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from teachclip.core.config import Params
+from teachclip.core.errors import InputError
 
 RUN_NAME = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 COLUMNS = ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "v2t_R1")  # required in every metrics file
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     pass
 
 

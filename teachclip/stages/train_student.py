@@ -21,15 +21,15 @@ with InfoNCE alone at weight **1**, not 0.2: the 0.2 only balances InfoNCE again
 and with those gone it would merely scale the learning rate down five-fold.
 
 Learning rates per group (``Student.param_groups``): backbone / new modules (temporal head, logit
-scale) / AFA; AdamW, warmup + cosine, gradient clipping, AMP on CUDA. ``freeze_backbone``: the
-open_clip towers are frozen, so every training caption's text vector and every training video's
-per-frame features are computed once, kept in memory, and the steps only run the head (fast on CPU).
+scale) / AFA; AdamW, warmup + cosine, gradient clipping, AMP on CUDA. With both towers frozen
+(``backbone.freeze_text`` and ``backbone.freeze_visual``) every training caption's text vector and
+every training video's per-frame features are computed once, kept in memory, and the steps only run
+the head (fast on CPU).
 
 Distributed: launch with ``torchrun --nproc_per_node N -m teachclip.cli train-student ...``. The
 global batch (``batch_size``) is split over the ranks; text vectors, video vectors, AFA weights and
-frame masks are gathered (:class:`GatherWithGrad`) and every rank computes the loss of the whole
-global batch, exactly as one process would; the gather's backward sums the ranks' gradients of each
-slice and DDP averages, which together give the single-process gradient.
+frame masks are gathered and every rank computes the loss of the whole global batch, exactly as one
+process would (:mod:`teachclip.training.distributed`).
 
 Output directory::
 
@@ -41,7 +41,6 @@ Output directory::
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +51,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from teachclip.stores.teachers import TeacherCacheGroup, open_teacher_caches
-from teachclip.models.backbone import autocast, pick_device
-from teachclip.models.io import save_model
-from teachclip.models.losses import coarse_loss, fine_loss, info_nce, margin_loss, relational_loss
-from teachclip.models.student import Student
 from teachclip.core.config import (
     ComputeConfig,
     EvaluateConfig,
@@ -64,29 +58,32 @@ from teachclip.core.config import (
     TeacherWeight,
     TrainStudentConfig,
 )
-from teachclip.core.manifest import load_manifest
-from teachclip.training import (
-    RunningLosses,
-    TrainingSet,
-    build_optimizer,
+from teachclip.core.device import autocast, grad_scaler
+from teachclip.core.errors import InputError
+from teachclip.core.manifest import SplitData, load_manifest
+from teachclip.core.progress import progress_bar
+from teachclip.models.io import save_model
+from teachclip.models.losses import coarse_loss, fine_loss, info_nce, margin_loss, relational_loss
+from teachclip.models.student import Student
+from teachclip.stores import open_for_manifest
+from teachclip.stores.caption_mask import load_caption_mask
+from teachclip.stores.teacher_cache import GroupReader, open_teacher_caches
+from teachclip.training.batches import (
     caption_per_video_batches,
     frames_batches,
-    grad_scaler,
-    optimizer_step,
-    save_training_state,
-    seed_everything,
-    start_or_resume,
-    training_progress,
-    training_set,
-    warmup_cosine,
+    mask_captions,
+    neighbourhood_batches,
+    training_data,
+    training_neighbours,
 )
-from teachclip.stages.evaluate import evaluate_split, open_frames_for
-from teachclip.stages.train_teacher import CHECKPOINT_DIR, RESUME_FREE_FIELDS
+from teachclip.training.distributed import gather, init_distributed, rank_slice
+from teachclip.training.log import RunningLosses
+from teachclip.training.optim import build_optimizer, optimizer_step, seed_everything, warmup_cosine
+from teachclip.training.scoring import TEST_COLUMNS, evaluate_split
+from teachclip.training.state import CHECKPOINT_DIR, RESUME_FREE_FIELDS, save_training_state, start_or_resume
 
-TEST_COLUMNS = ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "v2t_R1", "v2t_R5", "v2t_R10")
 
-
-class TrainStudentError(ValueError):
+class TrainStudentError(InputError):
     """A run that cannot start: unusable teacher caches, a resume of another run, bad settings."""
 
 
@@ -94,23 +91,23 @@ class TrainStudentError(ValueError):
 
 
 @dataclass
-class Teacher:
+class CachedTeacher:
     """One cached teacher of this run, with where each training caption and video sits in its cache."""
 
-    group: TeacherCacheGroup
+    group: GroupReader
     weight: float
-    rows: np.ndarray  # cache row of every training caption (TrainingSet.caption_ids order)
-    cols: np.ndarray  # cache column of every training video (TrainingSet.video_ids order)
+    rows: np.ndarray  # cache row of every training caption (SplitData.caption_ids order)
+    cols: np.ndarray  # cache column of every training video (SplitData.video_ids order)
 
 
 def select_teachers(
-    specs: list[str | Path], wanted: list[TeacherWeight] | None, frames_fingerprint: str, data: TrainingSet
-) -> list[Teacher]:
+    specs: list[str | Path], wanted: list[TeacherWeight] | None, frames_fingerprint: str, data: SplitData
+) -> list[CachedTeacher]:
     """Open the caches, pick the configured groups, refuse incomplete ones and ones computed from
     other frames (naming both fingerprints), and map the training set into each cache."""
     if wanted is not None and len(wanted) == 0:
         return []  # the untaught baseline, whatever caches were given
-    groups: dict[str, TeacherCacheGroup] = {}
+    groups: dict[str, GroupReader] = {}
     for spec in specs:
         for group in open_teacher_caches(spec):
             if group.name in groups:
@@ -132,11 +129,11 @@ def select_teachers(
                                     f"finish it with `teach extract-teachers` first")
         group.require_frames(frames_fingerprint)  # TeacherCacheError naming both fingerprints
         if weight > 0:  # a zero-weight teacher takes no part at all
-            teachers.append(Teacher(group, weight, group.text_index(data.caption_ids), group.video_index(data.video_ids)))
+            teachers.append(CachedTeacher(group, weight, group.text_index(data.caption_ids), group.video_index(data.video_ids)))
     return teachers
 
 
-def loss_weights(config: TrainStudentConfig, teachers: list[Teacher]) -> dict[str, float]:
+def loss_weights(config: TrainStudentConfig, teachers: list[CachedTeacher]) -> dict[str, float]:
     """The terms in the loss and their weights; a term with weight 0 is absent (never computed)."""
     if not teachers:
         return {"nce": 1.0}  # the baseline: see the module docstring
@@ -158,7 +155,7 @@ class SoftLabels:
     relevances: list[tuple[float, torch.Tensor]]
 
 
-def gather_soft_labels(teachers: list[Teacher], captions: np.ndarray, videos: np.ndarray,
+def gather_soft_labels(teachers: list[CachedTeacher], captions: np.ndarray, videos: np.ndarray,
                        terms: dict[str, float]) -> SoftLabels:
     """Rows = the batch's captions, columns = the batch's videos (caption i belongs to video i)."""
     similarities = [(t.weight, torch.from_numpy(t.group.similarity_block(t.rows[captions], t.cols[videos])))
@@ -166,60 +163,6 @@ def gather_soft_labels(teachers: list[Teacher], captions: np.ndarray, videos: np
     relevances = [(t.weight, torch.from_numpy(t.group.frame_relevance(t.rows[captions])))
                   for t in teachers if t.group.has_frame_relevance] if "fine" in terms else []
     return SoftLabels(similarities, relevances)
-
-
-# ---- distributed ------------------------------------------------------------------------------
-
-
-class GatherWithGrad(torch.autograd.Function):
-    """``all_gather`` of per-rank slices of different lengths, with gradient (CLIP4Clip's AllGather).
-
-    Every rank computes the same loss from the gathered global batch, so the gradient of a rank's
-    slice is the *sum* of every rank's gradient for it (all_reduce); DDP then averages the parameter
-    gradients over ranks, which gives exactly the single-process gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        ctx.sizes, ctx.rank = sizes, dist.get_rank()
-        padded = local.new_zeros((max(sizes), *local.shape[1:]))
-        padded[: len(local)] = local
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous())
-        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        start = sum(ctx.sizes[: ctx.rank])
-        return grad[start : start + ctx.sizes[ctx.rank]], None
-
-
-def gather(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    return local if len(sizes) == 1 else GatherWithGrad.apply(local, sizes)
-
-
-def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment; one process without it."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, pick_device(device_name)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
-    device = pick_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def rank_slice(batch_length: int, world: int, rank: int) -> tuple[slice, list[int]]:
-    """This rank's contiguous part of a global batch and every rank's part length."""
-    sizes = [len(part) for part in np.array_split(np.arange(batch_length), world)]
-    start = sum(sizes[:rank])
-    return slice(start, start + sizes[rank]), sizes
 
 
 # ---- the step ---------------------------------------------------------------------------------
@@ -292,20 +235,20 @@ def weighted_mean(items: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
 class FrozenInputs:
     """Backbone outputs of the whole training set, computed once (the backbone never changes)."""
 
-    text: torch.Tensor  # [captions, d] unit-length, TrainingSet caption order
-    frame_features: torch.Tensor  # [videos, T, d], TrainingSet video order
+    text: torch.Tensor  # [captions, d] unit-length, SplitData caption order
+    frame_features: torch.Tensor  # [videos, T, d], SplitData video order
     mask: torch.Tensor  # [videos, T]
 
 
 @torch.no_grad()
-def precompute_frozen_inputs(student: Student, store, data: TrainingSet, device: torch.device,
+def precompute_frozen_inputs(student: Student, store, data: SplitData, device: torch.device,
                              amp: bool, batch_videos: int = 32, batch_texts: int = 512) -> FrozenInputs:
     text = []
     for start in range(0, len(data.texts), batch_texts):
         tokens = student.tokenize(data.texts[start : start + batch_texts]).to(device)
         with autocast(device, amp):
             text.append(student.encode_text(tokens).float().cpu())
-    chunks = [data.store_indices[start : start + batch_videos] for start in range(0, len(data.video_ids), batch_videos)]
+    chunks = [data.store_rows[start : start + batch_videos] for start in range(0, len(data.video_ids), batch_videos)]
     features, masks = [], []
     for frames, mask in frames_batches(store, chunks):
         with autocast(device, amp):
@@ -314,14 +257,12 @@ def precompute_frozen_inputs(student: Student, store, data: TrainingSet, device:
     return FrozenInputs(torch.cat(text), torch.cat(features), torch.cat(masks))
 
 
-def masked_captions(mask_path: str | None, data: TrainingSet, verbose: bool) -> list[list[int]]:
+def masked_captions(mask_path: str | None, data: SplitData, verbose: bool) -> list[list[int]]:
     """The sampler's captions per video: all of them, or those a ``teach audit-captions`` mask keeps
     (a video whose every caption is masked keeps all of them, and is named)."""
     if mask_path is None:
         return data.captions_of_video
-    from teachclip.tools.audit_captions import load_caption_mask, mask_captions_of_video
-
-    sampled, fallback = mask_captions_of_video(data.captions_of_video, data.caption_ids, load_caption_mask(mask_path))
+    sampled, fallback = mask_captions(data.captions_of_video, data.caption_ids, load_caption_mask(mask_path))
     if verbose:
         dropped = sum(map(len, data.captions_of_video)) - sum(map(len, sampled))
         print(f"caption mask {mask_path}: {dropped} of {len(data.caption_ids)} training captions masked"
@@ -352,8 +293,8 @@ def train_student(
     out = Path(out)
     checkpoint = out / CHECKPOINT_DIR
     manifest = load_manifest(manifest_dir)
-    store = open_frames_for(frames, manifest)
-    data = training_set(store, manifest, "train")
+    store = open_for_manifest(frames, manifest)
+    data = training_data(store, manifest)
     sampled_captions = masked_captions(config.caption_mask, data, rank == 0)
     chosen = select_teachers(list(teachers), config.teachers, store.fingerprint, data)
     terms = loss_weights(config, chosen)
@@ -365,7 +306,8 @@ def train_student(
     student = Student(student_config).to(device)
     store.check_model(student)
     amp = student_config.backbone.precision == "amp"
-    frozen = precompute_frozen_inputs(student, store, data, device, amp) if student_config.freeze_backbone else None
+    both_frozen = student.backbone.text_frozen and student.backbone.visual_frozen
+    frozen = precompute_frozen_inputs(student, store, data, device, amp) if both_frozen else None
     step_module: nn.Module = StudentStep(student)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
@@ -376,10 +318,8 @@ def train_student(
     optimizer = build_optimizer(groups, {"backbone": config.lr_backbone, "new": config.lr_new, "afa": config.lr_afa},
                                 config.weight_decay)
 
-    neighbours = None  # "neighbourhood": batches grown from a sparse teacher's top-k (teachclip/cache/sparse.py)
+    neighbours = None  # "neighbourhood": batches grown from a sparse teacher's top-k (training/batches.py)
     if config.sampler == "neighbourhood":
-        from teachclip.stores.sparse import neighbourhood_batches, training_neighbours
-
         if not chosen:
             raise TrainStudentError("sampler 'neighbourhood' needs a (sparse) teacher cache")
         neighbours = training_neighbours(chosen[0].group, chosen[0].rows, chosen[0].cols)
@@ -404,13 +344,13 @@ def train_student(
     start_epoch, step, log = start_or_resume(out, checkpoint, identity, resume, model=student, optimizer=optimizer,
                                              scheduler=scheduler, scaler=scaler, announce=rank == 0)
 
-    with training_progress(progress and rank == 0) as bar:
+    with progress_bar(progress and rank == 0) as bar:
         for epoch in range(start_epoch, config.epochs):
             student.train()
             batches = epoch_batches(epoch)
             parts = [rank_slice(len(b.videos), world, rank) for b in batches]
             if frozen is None:  # each rank reads the frames of its own slice only
-                reader = frames_batches(store, [data.store_indices[b.videos[s]] for b, (s, _) in zip(batches, parts, strict=True)],
+                reader = frames_batches(store, [data.store_rows[b.videos[s]] for b, (s, _) in zip(batches, parts, strict=True)],
                                         config.prefetch)
             else:
                 reader = itertools.repeat((None, None), len(batches))

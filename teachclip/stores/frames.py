@@ -1,68 +1,245 @@
-"""The frames store: sampled, resized RGB frames of every manifest video (Zarr v3).
+"""The frames store: schema, fingerprint, writer and reader of ``frames.zarr`` (Zarr v3).
 
-Layout of ``frames.zarr`` (written by ``teachclip.stages.decode``, see docs/decode.md):
+Layout (docs/stores.md; written by the decode stage)::
 
-- ``frames``      uint8 [videos, T, size, size, 3]; one video per chunk, ``videos_per_shard``
-  videos per shard file; zero for padding and for videos that failed;
-- ``frame_mask``  bool [videos, T]; False for padding and failed videos; one chunk per shard;
-- ``video_ids``   every manifest video, sorted by id (failed ones included, so positions are stable);
-- attributes: ``kind``, ``format_version``, ``fingerprint`` (frames), ``manifest_fingerprint``,
-  ``sampling`` (frames per video, rate, size, decoder name and versions), ``videos_per_shard``,
-  ``failures`` ([{video_id, path, reason}] sorted by id) and ``complete``.
+    frames.zarr/
+      frames       uint8 [videos, T, size, size, 3]; one video per chunk, ``videos_per_shard`` videos
+                   per shard file; zero for padding and for videos that failed
+      frame_mask   bool [videos, T]; False for padding and failed videos; one chunk per shard
+      video_ids    every manifest video, sorted by id (failed ones included: positions are stable)
+      attributes   kind, format_version, fingerprint (frames), manifest_fingerprint,
+                   manifest_fingerprint_mode, sampling, videos, videos_per_shard,
+                   failures [{video_id, path, reason}] sorted by id, complete
+
+Writing: the store is built in ``<out>.partial`` one shard at a time (:func:`write_shard`, then
+:func:`record_shard` stores the shard's failures and its completion marker), so a killed run resumes
+with the unmarked shards; :func:`finish` writes the final attributes and renames the directory.
+Nothing written depends on timing or completion order: the same inputs give byte-identical stores.
+
+Reading: :class:`FramesStore` serves random batches (``read``); :func:`require_manifest` refuses a
+store decoded from another manifest. The frame-features store (:mod:`teachclip.stores.features`)
+shares the reader API; :func:`teachclip.stores.open_video_store` opens either.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
 
-from teachclip.stores.zarr_io import PROGRESS_DIR, read_strings
+from teachclip.core.errors import InputError
+from teachclip.core.fingerprint import fingerprint
+from teachclip.stores.zarr_io import (
+    PROGRESS_DIR,
+    create_array,
+    done_units,
+    finalize,
+    mark_done,
+    read_strings,
+    write_strings,
+)
 
 STORE_KIND = "teachclip-frames"
-FEATURES_KIND = "teachclip-frame-features"  # FrameFeaturesStore: per-frame embeddings of a frozen tower
 FORMAT_VERSION = 1
 FRAMES, MASK, VIDEO_IDS = "frames", "frame_mask", "video_ids"
-FEATURES = "features"
+FAILURES_DIR = "_failures"  # per-shard failure records inside <out>.partial until finish()
+STORE_ENTRIES = {"zarr.json", FRAMES, MASK, VIDEO_IDS}
 
 
-class FramesStoreError(ValueError):
-    """A frames store that cannot be used; the message names the path and the reason."""
+class FramesStoreError(InputError):
+    """A frames (or frame-features) store that cannot be used; the message names the path and the reason."""
 
 
 class StoreMismatchError(FramesStoreError):
     """An existing store (or partial store) built from other inputs than the ones asked for."""
 
 
-def read_attributes(path: str | Path) -> dict:
-    """The attributes of a frames store (finished or partial); FramesStoreError if it is none."""
+# ---- identity -----------------------------------------------------------------------------------
+
+
+def frames_fingerprint(manifest_fingerprint: str, sampling: dict) -> str:
+    """Identity of the frames: the manifest they come from and everything that decides the pixels."""
+    return fingerprint("frames", {"manifest": manifest_fingerprint, "sampling": sampling})
+
+
+def read_attributes(path: str | Path, kinds: Sequence[str] = (STORE_KIND,), what: str = "frames store") -> dict:
+    """The attributes of a store of one of ``kinds`` (finished or partial); FramesStoreError if it is none."""
     path = Path(path)
     if not path.exists():
-        raise FramesStoreError(f"{path}: frames store not found")
+        raise FramesStoreError(f"{path}: {what} not found")
     try:
         attributes = dict(zarr.open_group(str(path), mode="r", zarr_format=3).attrs)
     except Exception as exc:  # zarr raises several types for "not a group"
-        raise FramesStoreError(f"{path}: not a Zarr v3 frames store ({type(exc).__name__}: {exc})") from exc
-    if attributes.get("kind") not in (STORE_KIND, FEATURES_KIND):
-        raise FramesStoreError(f"{path}: not a frames store (attribute kind={attributes.get('kind')!r})")
+        raise FramesStoreError(f"{path}: not a Zarr v3 {what} ({type(exc).__name__}: {exc})") from exc
+    if attributes.get("kind") not in kinds:
+        raise FramesStoreError(f"{path}: not a {what} (attribute kind={attributes.get('kind')!r})")
     if attributes.get("format_version") != FORMAT_VERSION:
         raise FramesStoreError(
-            f"{path}: frames store format {attributes.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+            f"{path}: store format {attributes.get('format_version')!r}, this code reads {FORMAT_VERSION}"
         )
     return attributes
+
+
+# ---- writer -------------------------------------------------------------------------------------
+
+
+def store_attributes(*, frames_fp: str, manifest_fp: str, manifest_fp_mode: str, sampling: dict, videos: int,
+                     videos_per_shard: int, failures: list[dict], complete: bool) -> dict:
+    """The store's attributes, in one fixed key order (the group's zarr.json must be byte-identical)."""
+    return {
+        "kind": STORE_KIND,
+        "format_version": FORMAT_VERSION,
+        "fingerprint": frames_fp,
+        "manifest_fingerprint": manifest_fp,
+        # how the manifest was fingerprinted, so readers recompute only that one ("content" hashes
+        # every video file)
+        "manifest_fingerprint_mode": manifest_fp_mode,
+        "sampling": sampling,
+        "videos": videos,
+        "videos_per_shard": videos_per_shard,
+        "failures": failures,
+        "complete": complete,
+    }
+
+
+def check_existing(path: Path, attributes: dict, finished: bool) -> None:
+    """Refuse a store (``finished``) or partial store at ``path`` built from other inputs than
+    ``attributes`` describe (StoreMismatchError naming both fingerprints)."""
+    what = "frames store" if finished else "partial frames store"
+    try:
+        found = read_attributes(path)
+    except FramesStoreError as exc:
+        raise StoreMismatchError(f"{exc}; refusing to replace it (pass overwrite / --overwrite)") from exc
+    if found.get("fingerprint") != attributes["fingerprint"]:
+        raise StoreMismatchError(
+            f"{path}: existing {what} has frames fingerprint {found.get('fingerprint')} "
+            f"(manifest {found.get('manifest_fingerprint')}), but this run's inputs give frames "
+            f"fingerprint {attributes['fingerprint']} (manifest {attributes['manifest_fingerprint']}); the "
+            "manifest or the sampling config differ. Pass overwrite / --overwrite to rebuild, or choose another output."
+        )
+    if not finished and found.get("videos_per_shard") != attributes["videos_per_shard"]:
+        raise StoreMismatchError(
+            f"{path}: partial frames store was started with videos_per_shard="
+            f"{found.get('videos_per_shard')}, this run asks for {attributes['videos_per_shard']}; rerun with the "
+            "same value to resume, or pass overwrite / --overwrite to start again."
+        )
+
+
+def open_partial(partial: Path, video_ids: list[str], attributes: dict, frames_per_video: int, size: int) -> set[int]:
+    """Create ``<out>.partial`` (or check the one a previous run left, see :func:`check_existing`);
+    returns the indices of the shards already written."""
+    if partial.exists() and not _discard_if_empty(partial):
+        check_existing(partial, attributes, finished=False)
+        if read_attributes(partial).get("complete"):  # killed after the final attributes
+            return set(range(_n_shards(len(video_ids), attributes["videos_per_shard"])))
+    else:
+        _create(partial, video_ids, frames_per_video, size, attributes)
+    return {int(unit.removeprefix("shard-")) for unit in done_units(partial) if unit.startswith("shard-")}
+
+
+def _n_shards(videos: int, per_shard: int) -> int:
+    return -(-videos // per_shard)
+
+
+def _discard_if_empty(partial: Path) -> bool:
+    """A partial store killed before it recorded any work (no readable attributes, no markers,
+    nothing but store entries) is removed; True when that happened."""
+    try:
+        read_attributes(partial)
+        return False
+    except FramesStoreError:
+        pass
+    entries = {p.name for p in partial.iterdir()}
+    if done_units(partial) or not entries <= STORE_ENTRIES:
+        return False
+    shutil.rmtree(partial)
+    return True
+
+
+def _create(partial: Path, video_ids: list[str], t: int, s: int, attributes: dict) -> None:
+    v = attributes["videos_per_shard"]
+    root = zarr.open_group(str(partial), mode="w", zarr_format=3)
+    create_array(root, FRAMES, (len(video_ids), t, s, s, 3), (1, t, s, s, 3), "uint8", shards=(v, t, s, s, 3))
+    create_array(root, MASK, (len(video_ids), t), (v, t), "bool", fill_value=False)
+    write_strings(root, VIDEO_IDS, video_ids)
+    root.attrs.put(attributes)  # last: a store with a fingerprint is a usable store
+
+
+def write_shard(partial: Path, shard: int, start: int, frames: np.ndarray, mask: np.ndarray) -> None:
+    """Write the whole shard ``shard`` (videos ``start`` .. ``start + len(frames)``) of both arrays: the
+    only write a worker does (zarr-python 3 has no locks; no two workers ever touch one file)."""
+    stop = start + len(frames)
+    for name, block in ((FRAMES, frames), (MASK, mask)):
+        array = zarr.open_array(str(partial / name), mode="r+", zarr_format=3)
+        # a killed run may have left this shard half written; an edge shard would be merged
+        # with (and fail the checksum of) that debris instead of replaced
+        key = array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))
+        (partial / name / key).unlink(missing_ok=True)
+        array[start:stop] = block
+
+
+def record_shard(partial: Path, shard: int, failures: list[dict]) -> None:
+    """Record a written shard: its failures first, its completion marker second (a marked shard
+    always has its failure record)."""
+    directory = partial / FAILURES_DIR
+    directory.mkdir(exist_ok=True)
+    (directory / f"{_unit(shard)}.json").write_text(json.dumps(failures, sort_keys=True))
+    mark_done(partial, _unit(shard))
+
+
+def recorded_failures(partial: Path) -> int:
+    """How many videos of the shards recorded so far failed."""
+    done = done_units(partial)
+    directory = partial / FAILURES_DIR
+    return sum(len(json.loads(p.read_text())) for p in directory.glob("*.json") if p.stem in done)
+
+
+def finish(partial: Path, out: Path, n_shards: int, attributes: dict) -> list[dict]:
+    """Write the final attributes (every shard's failures, ``complete``), drop the bookkeeping and
+    rename ``partial`` to ``out``; returns the failures."""
+    root = zarr.open_group(str(partial), mode="r+", zarr_format=3)
+    found = dict(root.attrs)
+    if found.get("complete"):  # killed after the attributes were final: only the rename is left
+        failures = found["failures"]
+    else:
+        done = done_units(partial)
+        missing = [_unit(i) for i in range(n_shards) if _unit(i) not in done]
+        if missing:
+            raise FramesStoreError(f"{partial}: shards {', '.join(missing[:5])} were not written")
+        failures = []
+        for shard in range(n_shards):
+            failures += json.loads((partial / FAILURES_DIR / f"{_unit(shard)}.json").read_text())
+        failures.sort(key=lambda record: record["video_id"])
+        root.attrs.put(attributes | {"failures": failures, "complete": True})
+    shutil.rmtree(partial / FAILURES_DIR, ignore_errors=True)
+    finalize(partial, out)
+    return failures
+
+
+def _unit(shard: int) -> str:
+    return f"shard-{shard:06d}"
+
+
+# ---- reader -------------------------------------------------------------------------------------
 
 
 class FramesStore:
     """Read access to a finished frames store; ``read`` serves random batches.
 
-    :meth:`open` returns a :class:`FrameFeaturesStore` for a frame-features store: the same API,
-    serving per-frame embeddings [n, T, d] instead of pixels.
+    :class:`teachclip.stores.features.FrameFeaturesStore` has the same API and serves per-frame
+    embeddings [n, T, d] instead of pixels.
     """
 
     holds_features = False
+    kind = STORE_KIND
     data_array = FRAMES
+    description = "frames store"
+    written_by = "teach decode"
 
     def __init__(self, path: Path, group: zarr.Group, attributes: dict) -> None:
         self.path = path
@@ -72,6 +249,7 @@ class FramesStore:
         self.manifest_fingerprint_mode: str | None = attributes.get("manifest_fingerprint_mode")
         self.sampling: dict = attributes["sampling"]
         self.failures: list[dict] = list(attributes["failures"])
+        self.videos_per_shard: int = int(attributes["videos_per_shard"])
         self.frames_per_video: int = int(self.sampling["frames_per_video"])
         self.size: int = int(self.sampling["size"])
         self._frames = group[self.data_array]
@@ -83,25 +261,21 @@ class FramesStore:
         self.valid = np.array([video_id not in failed for video_id in self.video_ids], dtype=bool)
 
     @classmethod
-    def open(cls, path: str | Path) -> FramesStore:
+    def open(cls, path: str | Path) -> Any:
+        """Open a finished store of this class's kind (refusing partial and unfinished stores)."""
         path = Path(path)
         if path.name.endswith(".partial") or (path / PROGRESS_DIR).exists():
-            raise FramesStoreError(
-                f"{path}: unfinished (partial) frames store; rerun `teach decode` to finish it"
-            )
-        attributes = read_attributes(path)
+            raise FramesStoreError(f"{path}: unfinished (partial) {cls.description}; rerun `{cls.written_by}` to finish it")
+        attributes = read_attributes(path, (cls.kind,), cls.description)
         if not attributes.get("complete"):
-            raise FramesStoreError(f"{path}: frames store is not complete; rerun `teach decode` to finish it")
-        store_class = FrameFeaturesStore if attributes["kind"] == FEATURES_KIND else FramesStore
-        if cls is not FramesStore and store_class is not cls:
-            raise FramesStoreError(f"{path}: a {attributes['kind']} store, not a {cls.__name__}")
+            raise FramesStoreError(f"{path}: {cls.description} is not complete; rerun `{cls.written_by}` to finish it")
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
-        missing = [name for name in (store_class.data_array, MASK, VIDEO_IDS) if name not in group]
+        missing = [name for name in (cls.data_array, MASK, VIDEO_IDS) if name not in group]
         if missing:
-            raise FramesStoreError(f"{path}: frames store lacks array(s) {', '.join(missing)}")
-        return store_class(path, group, attributes)
+            raise FramesStoreError(f"{path}: {cls.description} lacks array(s) {', '.join(missing)}")
+        return cls(path, group, attributes)
 
-    def check_model(self, model) -> None:
+    def check_model(self, model: Any) -> None:
         """Refuse a model that cannot use this store's data (pixels suit every model)."""
 
     @property
@@ -119,19 +293,19 @@ class FramesStore:
         )
 
     def index(self, video_ids: Iterable[str]) -> np.ndarray:
-        """Positions of ``video_ids``; KeyError naming the ids this store does not hold."""
+        """Positions of ``video_ids``; FramesStoreError naming the ids this store does not hold."""
         video_ids = list(video_ids)
         unknown = [v for v in video_ids if v not in self._positions]
         if unknown:
             shown = ", ".join(map(repr, unknown[:5])) + (
                 f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             )
-            raise KeyError(f"{self.path}: unknown video id(s) {shown}")
+            raise FramesStoreError(f"{self.path}: unknown video id(s) {shown}")
         return np.array([self._positions[v] for v in video_ids], dtype=np.int64)
 
     def read(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Frames uint8 [n, T, H, W, 3] and mask bool [n, T] of the videos at ``indices`` (any order,
-        repeats allowed).
+        """Data [n, T, ...] (uint8 frames or float16 features) and mask bool [n, T] of the videos at
+        ``indices`` (any order, repeats allowed).
 
         Each run of consecutive positions is one slice read (a random batch: one chunk per video,
         found through its shard's index; a sequential pass: whole shards). Zarr's orthogonal
@@ -149,48 +323,29 @@ class FramesStore:
         return frames[inverse], self._mask[positions]
 
 
-class FrameFeaturesStore(FramesStore):
-    """Per-frame image embeddings of a frozen image tower (written by ``teach encode-frames``).
-
-    ``features`` float16 [videos, T, d] (0 for padding and failed videos), plus the frames store's
-    ``frame_mask``, ``video_ids`` and attributes (``fingerprint`` is the *frames* fingerprint: with the
-    tower fixed, features are a function of the frames, so teacher caches and evaluations computed
-    from either agree), and ``backbone``: the tower's name, pretrained source and
-    ``visual_fingerprint`` (Backbone.visual_fingerprint), which :meth:`check_model` requires.
-    """
-
-    holds_features = True
-    data_array = FEATURES
-
-    def __init__(self, path: Path, group: zarr.Group, attributes: dict) -> None:
-        super().__init__(path, group, attributes)
-        self.backbone: dict = dict(attributes["backbone"])
-        self.features_fingerprint: str = attributes["features_fingerprint"]
-
-    def __repr__(self) -> str:
-        return (f"FrameFeaturesStore({str(self.path)!r}, videos={len(self)}, T={self.frames_per_video}, "
-                f"dim={self.item_shape[0]}, backbone={self.backbone['name']})")
-
-    def check_model(self, model) -> None:
-        """The model's image tower must be frozen and be the one that computed these features."""
-        backbone = getattr(model, "backbone", None)
-        if backbone is None or not hasattr(backbone, "visual_fingerprint"):
-            raise FramesStoreError(f"{self.path}: holds frame features; a {type(model).__name__} has no "
-                                   f"open_clip image tower to match them against, give it a frames store")
-        if not backbone.visual_frozen:
-            raise FramesStoreError(
-                f"{self.path}: holds features of a frozen image tower, but this model's tower trains; "
-                f"set backbone.freeze_visual: true or give the frames store instead")
-        ours = backbone.visual_fingerprint()
-        if ours != self.backbone["visual_fingerprint"]:
-            raise FramesStoreError(
-                f"{self.path}: features were computed by image tower {self.backbone['visual_fingerprint'][:16]} "
-                f"({self.backbone['name']}, pretrained={self.backbone.get('pretrained')}), but this model's tower "
-                f"is {ours[:16]}; rerun `teach encode-frames` with this model's backbone")
-
-
 def _runs(sorted_unique: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) offsets of the runs of consecutive integers in a sorted unique array."""
     breaks = np.flatnonzero(np.diff(sorted_unique) != 1) + 1
     bounds = [0, *breaks.tolist(), len(sorted_unique)]
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+# ---- the store and its manifest -------------------------------------------------------------------
+
+
+def require_manifest(store: FramesStore, manifest: Any) -> None:
+    """Refuse a store (frames or features) unless it was decoded from ``manifest`` (StoreMismatchError
+    naming both fingerprints). Only the manifest fingerprint mode the store records is computed; for
+    an older store without it, the cheap ``stat`` fingerprint is tried first and ``content`` (a hash of
+    every file) after."""
+    computed = {}
+    modes = [store.manifest_fingerprint_mode] if store.manifest_fingerprint_mode else ["stat", "content"]
+    for mode in modes:
+        computed[mode] = manifest.fingerprint(mode)
+        if computed[mode] == store.manifest_fingerprint:
+            return
+    found = "; ".join(f"{value} in {mode} mode" for mode, value in computed.items())
+    raise StoreMismatchError(
+        f"{store.path} was decoded from another manifest: its manifest fingerprint is {store.manifest_fingerprint}, "
+        f"but {manifest.root} has fingerprint {found}; re-run `teach decode` for this manifest"
+    )

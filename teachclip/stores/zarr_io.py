@@ -13,9 +13,11 @@ Rules every store follows (see docs/stores.md):
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
-from collections.abc import Sequence
+import struct
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 PROGRESS_DIR = "_progress"  # completion markers inside <out>.partial, removed on finalize
 ZSTD_LEVEL = 3
+MISSING = 2**64 - 1  # offset and length of an absent chunk in a shard index
 
 
 def compressors(compress: bool = True) -> list:
@@ -110,3 +113,67 @@ def finalize(partial: Path, out: Path) -> None:
 def tree_bytes(path: str | Path) -> int:
     """Total size of the files below ``path``."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+# ---- checks: Zarr reads an absent chunk as its fill value without a word ------------------------
+
+
+def regions(shape: tuple[int, ...], step: tuple[int, ...]) -> Iterator[tuple[slice, ...]]:
+    grid = [range(0, max(size, 1), s) for size, s in zip(shape, step, strict=True)]
+    for starts in np.ndindex(*[len(g) for g in grid]):
+        yield tuple(slice(g[i], min(g[i] + s, size)) for g, i, s, size in zip(grid, starts, step, shape, strict=True))
+
+
+def check_chunk_presence(array_path: Path, meta: dict) -> list[str]:
+    """Zarr reads an absent chunk or shard as the fill value without a word: demand each one."""
+    name = array_path.name
+    shape = meta["shape"]
+    outer = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    encoding = meta.get("chunk_key_encoding", {})
+    separator = encoding.get("configuration", {}).get("separator", "/")
+    if encoding.get("name") != "default":
+        return [f"{name}: unexpected chunk key encoding {encoding}"]
+    sharding = next((c for c in meta["codecs"] if c["name"] == "sharding_indexed"), None)
+    problems = []
+    for index in np.ndindex(*[math.ceil(s / c) for s, c in zip(shape, outer, strict=True)]):
+        key = "c" + "".join(f"{separator}{i}" for i in index)
+        file = array_path / key
+        if not file.is_file():
+            problems.append(f"{name}: {'shard' if sharding else 'chunk'} {key} is missing")
+            continue
+        if sharding is not None:
+            problems.extend(check_shard(file, name, key, shape, outer, index, sharding["configuration"]))
+    return problems
+
+
+def check_shard(file: Path, name: str, key: str, shape: list[int], outer: list[int], index: tuple[int, ...],
+                 config: dict) -> list[str]:
+    """Read a shard's index (crc32c-checked) and demand every inner chunk inside the array bounds."""
+    import google_crc32c
+
+    if config.get("index_location", "end") != "end" or [c["name"] for c in config["index_codecs"]] != [
+        "bytes", "crc32c"
+    ]:
+        return [f"{name}: unexpected shard index layout {config}"]
+    inner = config["chunk_shape"]
+    per_shard = [o // i for o, i in zip(outer, inner, strict=True)]
+    n_chunks = math.prod(per_shard)
+    index_size = 16 * n_chunks + 4
+    data = file.read_bytes()
+    if len(data) < index_size:
+        return [f"{name}: shard {key} is truncated ({len(data)} bytes)"]
+    index_bytes, stored_crc = data[-index_size:-4], data[-4:]
+    if struct.pack("<I", google_crc32c.value(index_bytes)) != stored_crc:
+        return [f"{name}: shard {key} has a corrupt chunk index (crc32c mismatch)"]
+    entries = np.frombuffer(index_bytes, dtype="<u8").reshape(*per_shard, 2)
+    problems = []
+    for inner_index in np.ndindex(*per_shard):
+        start = [o * i + k * c for o, i, k, c in zip(outer, index, inner_index, inner, strict=True)]
+        if any(s >= size for s, size in zip(start, shape, strict=True)):
+            continue  # entirely outside the array: never written
+        offset, length = (int(v) for v in entries[inner_index])
+        if offset == MISSING and length == MISSING:
+            problems.append(f"{name}: shard {key} lacks chunk {list(inner_index)}")
+        elif offset + length > len(data) - index_size:
+            problems.append(f"{name}: shard {key} chunk {list(inner_index)} points past the end of the file")
+    return problems

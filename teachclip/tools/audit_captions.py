@@ -26,35 +26,34 @@ Outputs (``--out`` directory)::
                        caption is flagged
     caption_mask.json  {"format": "teachclip-caption-mask", "top_k": K, "keep": {caption_id: bool}}
 
-``train_student.caption_mask`` (the mask file) makes ``train-student`` draw only kept captions; a video
-whose every caption is flagged keeps all of them (dropping it would remove a video from training, a
-different decision than dropping a caption) and is listed by the run.
+``train_student.caption_mask`` (the mask file, :mod:`teachclip.stores.caption_mask`) makes
+``train-student`` draw only kept captions; a video whose every caption is flagged keeps all of them
+(dropping it would remove a video from training, a different decision than dropping a caption) and is
+listed by the run.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from teachclip.stores.teachers import TeacherCacheError, open_teacher_caches
-from teachclip.models.metrics import ranks_of_ground_truth, summarize_ranks
+from teachclip.core.errors import InputError
 from teachclip.core.manifest import load_manifest
+from teachclip.models.metrics import ranks_of_ground_truth, summarize_ranks
+from teachclip.stores.caption_mask import write_caption_mask
+from teachclip.stores.teacher_cache import TeacherCacheError, open_teacher_caches
 
-MASK_FORMAT = "teachclip-caption-mask"
-MASK_VERSION = 1
 CAPTIONS_CSV = "captions.csv"
 REPORT_JSON = "report.json"
-MASK_JSON = "caption_mask.json"
 COMBINATION = "mean over teachers of row-standardised similarities (per caption, over all train videos)"
 
 
-class AuditError(ValueError):
+class AuditError(InputError):
     """Caches or a manifest the audit cannot use; the message says which and why."""
 
 
@@ -172,45 +171,6 @@ def audit_captions(teachers: str | Path, manifest_dir: str | Path, out: str | Pa
             writer.writerow([caption_id, caption_video[row], int(keep[row]), int(ranks["mean"][row]),
                              *[int(ranks[n][row]) for n in names], by_id[caption_id].text])
     (out / REPORT_JSON).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    mask = {"format": MASK_FORMAT, "version": MASK_VERSION, "top_k": top_k,
-            "teachers": {g.name: g.fingerprint for g in groups},
-            "keep": {cid: bool(k) for cid, k in zip(caption_ids, keep, strict=True)}}
-    (out / MASK_JSON).write_text(json.dumps(mask, indent=1, sort_keys=True) + "\n")
+    write_caption_mask(out, dict(zip(caption_ids, keep.tolist(), strict=True)), top_k,
+                       {g.name: g.fingerprint for g in groups})
     return AuditResult(list(caption_ids), caption_video, ranks, top_k, report)
-
-
-# ---- the mask, as train-student reads it -----------------------------------------------------------
-
-
-def load_caption_mask(path: str | Path) -> dict[str, bool]:
-    """``caption_id -> keep`` from a ``caption_mask.json`` (or the audit's output directory)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MASK_JSON
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AuditError(f"{path}: cannot read the caption mask ({exc})") from exc
-    if not isinstance(document, dict) or document.get("format") != MASK_FORMAT:
-        raise AuditError(f"{path}: not a caption mask (expected \"format\": \"{MASK_FORMAT}\"; "
-                         f"write one with `teach audit-captions`)")
-    keep = document.get("keep")
-    if not isinstance(keep, dict) or not all(isinstance(v, bool) for v in keep.values()):
-        raise AuditError(f"{path}: \"keep\" must map caption ids to true/false")
-    return keep
-
-
-def mask_captions_of_video(captions_of_video: Sequence[Sequence[int]], caption_ids: Sequence[str],
-                           keep: dict[str, bool]) -> tuple[list[list[int]], list[int]]:
-    """The sampler's caption lists with masked captions removed, and the positions of the videos whose
-    every caption is masked (they keep all of theirs). Captions absent from the mask are kept."""
-    if not any(caption_id in keep for caption_id in caption_ids):
-        raise AuditError("the caption mask names none of the training captions: it belongs to another dataset")
-    masked, fallback = [], []
-    for position, captions in enumerate(captions_of_video):
-        kept = [c for c in captions if keep.get(caption_ids[c], True)]
-        if not kept:
-            fallback.append(position)
-            kept = list(captions)
-        masked.append(kept)
-    return masked, fallback

@@ -23,8 +23,12 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
-from teachclip.stores.zarr_io import finalize, partial_path
+from teachclip.core.errors import InputError
 from teachclip.models.backbone import CLIP_MEAN, CLIP_STD
+from teachclip.models.factory import load_model
+from teachclip.models.io import model_fingerprint
+from teachclip.models.student import Student
+from teachclip.stores.zarr_io import finalize, partial_path
 
 EXPORT_FORMAT = "teachclip-export"
 EXPORT_VERSION = 1
@@ -42,13 +46,9 @@ def export_student(model_dir: str | Path, out: str | Path) -> Path:
     """Write the export of the student saved in ``model_dir`` to ``out`` (via ``out.partial``)."""
     from open_clip.transformer import LayerNormFp32, QuickGELU
 
-    from teachclip.models.io import load_model
-    from teachclip.models.student import Student
-    from teachclip.tools.search import model_fingerprint
-
     student = load_model(model_dir)
     if not isinstance(student, Student):
-        raise ValueError(f"{model_dir}: not a student model (export writes CLIP4Clip/AFA students)")
+        raise InputError(f"{model_dir}: not a student model (export writes CLIP4Clip/AFA students)")
     config = student.config
     clip = student.backbone.clip
     name = config.backbone.name
@@ -93,7 +93,7 @@ def export_student(model_dir: str | Path, out: str | Path) -> Path:
     save_file(_plain(head), str(partial / HEAD_WEIGHTS), metadata={"format": EXPORT_FORMAT})
     model_config = open_clip.get_model_config(name)
     if model_config is None:
-        raise ValueError(f"open_clip does not know the model config {name!r}")
+        raise InputError(f"open_clip does not know the model config {name!r}")
     (partial / "model_configs" / f"{name}.json").write_text(json.dumps(model_config, indent=2) + "\n")
     (partial / CONFIG).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     finalize(partial, out)

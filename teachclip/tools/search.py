@@ -1,19 +1,11 @@
 """``teach search``: embed a collection once into ``index.zarr``, then answer text queries.
 
-Index layout (Zarr v3)::
-
-    index.zarr/        attrs: teachclip_store "search-index", schema_version, model_fingerprint,
-                       model_path, frames_fingerprint, dim, dtype, n_videos
-      embeddings       float16 | float32 [videos, d]   one L2-normalised vector per video
-      video_ids        str [videos]                    frames-store order, failed videos left out
-
 A query is one text encoding (the student's text tower) followed by **one matrix-vector product** over
-the whole index and a top-k: the index is loaded into memory once (:class:`SearchIndex`), so
-answering a query never touches the disk. Scores are cosines (text and video vectors are unit length).
-
-The index records the fingerprint of the model that embedded it (sha256 of the model's files, see
-:func:`model_fingerprint`); a query with any other model is refused, because vectors of two models
-live in different spaces and would give confidently wrong results.
+the whole index and a top-k: the index is loaded into memory (on the model's device) once by
+:class:`Searcher`, so answering a query never touches the disk. Scores are cosines (text and video
+vectors are unit length). The index format lives in :mod:`teachclip.stores.search_index`; it records
+the fingerprint of the model that embedded it, and a query with any other model is refused, because
+vectors of two models live in different spaces and would give confidently wrong results.
 """
 
 from __future__ import annotations
@@ -24,32 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 
-from teachclip.stores.zarr_io import create_array, finalize, partial_path, read_strings, write_strings
-from teachclip.core.fingerprint import fingerprint, sha256_file
-
-STORE_KIND = "search-index"
-SCHEMA_VERSION = 1
-MODEL_FILES = ("config.json", "model.safetensors")
-INDEX_DTYPES = ("float16", "float32")
-ROWS_PER_CHUNK = 65536
-
-
-class SearchIndexError(ValueError):
-    """An index that cannot be used (missing, wrong store, or built by another model)."""
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """Identity of a saved model: the sha256 of its weights and its config file."""
-    model_dir = Path(model_dir)
-    hashes = {}
-    for name in MODEL_FILES:
-        path = model_dir / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found (a saved model has {' and '.join(MODEL_FILES)})")
-        hashes[name] = sha256_file(path)
-    return fingerprint("model", hashes)
+from teachclip.core.device import pick_device
+from teachclip.core.progress import progress_bar
+from teachclip.models.factory import load_model
+from teachclip.models.io import model_fingerprint
+from teachclip.models.student import Student
+from teachclip.stores import open_video_store
+from teachclip.stores.search_index import SearchIndexError, read_index, write_index
+from teachclip.training.scoring import encode_videos, uses_amp
 
 
 def build_index(
@@ -62,78 +37,24 @@ def build_index(
     device: str = "auto",
     progress: bool = True,
 ) -> Path:
-    """Embed every valid video of a frames store with a student; write ``out`` (via ``out.partial``)."""
-    from teachclip.stores.frames import FramesStore
-    from teachclip.models.backbone import autocast, pick_device
-    from teachclip.models.io import load_model
-    from teachclip.training import frames_batches, training_progress
-
-    if dtype not in INDEX_DTYPES:
-        raise ValueError(f"index dtype {dtype!r}: expected one of {', '.join(INDEX_DTYPES)}")
+    """Embed every valid video of a frames (or frame-features) store with a student; write ``out``."""
     torch_device = pick_device(device)
     model = load_model(model_dir, device=torch_device)
-    if not hasattr(model, "encode_video"):
+    if not isinstance(model, Student):
         raise SearchIndexError(f"{model_dir}: not a student model (a search index needs one vector per video)")
-    store = FramesStore.open(frames)
+    store = open_video_store(frames)
     store.check_model(model)
     positions = np.flatnonzero(np.asarray(store.valid, dtype=bool))
     video_ids = [store.video_ids[i] for i in positions]
-    chunks = [positions[start : start + batch_videos] for start in range(0, len(positions), batch_videos)]
-
-    vectors = []
-    with torch.no_grad(), training_progress(progress) as bar:
-        task = bar.add_task("index", total=len(positions), status="")
-        for frames_batch, mask in frames_batches(store, chunks):
-            with autocast(torch_device, model.config.backbone.precision == "amp"):
-                video = model.encode_video(frames_batch.to(torch_device), mask.to(torch_device))
-            vectors.append(video.float().cpu())
-            bar.advance(task, len(mask))
-    embeddings = torch.cat(vectors).numpy() if vectors else np.zeros((0, model.backbone.embed_dim), np.float32)
-
-    out = Path(out)
-    partial = partial_path(out)
-    root = zarr.open_group(partial, mode="w")
-    create_array(root, "embeddings", shape=embeddings.shape, dtype=dtype, compress=False,
-                 chunks=(max(1, min(ROWS_PER_CHUNK, len(embeddings))), embeddings.shape[1]))[...] = embeddings.astype(dtype)
-    write_strings(root, "video_ids", video_ids)
-    root.attrs.put({
-        "teachclip_store": STORE_KIND,
-        "schema_version": SCHEMA_VERSION,
-        "model_fingerprint": model_fingerprint(model_dir),
-        "model_path": str(Path(model_dir).resolve()),
-        "frames_fingerprint": store.fingerprint,
-        "dim": int(embeddings.shape[1]),
-        "dtype": dtype,
-        "n_videos": len(video_ids),
-    })
-    finalize(partial, out)
-    return out
-
-
-class SearchIndex:
-    """An index held in memory: ``scores = embeddings @ query`` and a top-k, nothing else."""
-
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
-            raise SearchIndexError(f"{self.path}: search index not found")
-        root = zarr.open_group(self.path, mode="r")
-        self.attrs = dict(root.attrs)
-        if self.attrs.get("teachclip_store") != STORE_KIND:
-            raise SearchIndexError(f"{self.path}: not a search index (made by `teach search index`)")
-        if self.attrs.get("schema_version") != SCHEMA_VERSION:
-            raise SearchIndexError(
-                f"{self.path}: schema_version {self.attrs.get('schema_version')} (this code reads {SCHEMA_VERSION})"
-            )
-        self.model_fingerprint: str = self.attrs["model_fingerprint"]
-        self.video_ids: list[str] = read_strings(root["video_ids"])
-        self.embeddings = torch.from_numpy(np.asarray(root["embeddings"][...])).to(device).contiguous()
-
-    def top_k(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores [k], rows [k]) of the best videos for one unit-length query vector [d]."""
-        scores = self.embeddings @ query.to(device=self.embeddings.device, dtype=self.embeddings.dtype)
-        best = torch.topk(scores, min(k, scores.shape[0]))
-        return best.values.float(), best.indices
+    embeddings = np.zeros((0, model.backbone.embed_dim), np.float32)
+    if len(positions):
+        with progress_bar(progress) as bar:
+            task = bar.add_task("index", total=len(positions), status="")
+            features = encode_videos(model.scorer(), store, positions, video_ids, batch_videos=batch_videos,
+                                     device=torch_device, amp=uses_amp(model), progress=(bar, task))
+        embeddings = features["vector"].float().cpu().numpy()
+    return write_index(out, embeddings, video_ids, dtype, model_fingerprint=model_fingerprint(model_dir),
+                       model_path=str(Path(model_dir).resolve()), frames_fingerprint=store.fingerprint)
 
 
 @dataclass(frozen=True)
@@ -147,11 +68,9 @@ class Searcher:
     """A loaded index plus the text side of the model that built it (checked by fingerprint)."""
 
     def __init__(self, index_path: str | Path, model_dir: str | Path | None = None, device: str = "auto"):
-        from teachclip.models.backbone import pick_device
-        from teachclip.models.io import load_model
-
         self.device = pick_device(device)
-        self.index = SearchIndex(index_path, self.device)
+        self.index = read_index(index_path)
+        self.embeddings = torch.from_numpy(self.index.embeddings).to(self.device).contiguous()
         model_dir = Path(model_dir if model_dir is not None else self.index.attrs["model_path"])
         given = model_fingerprint(model_dir)
         if given != self.index.model_fingerprint:
@@ -166,7 +85,13 @@ class Searcher:
         """Unit-length text vectors [N, d] (the part of a query that is not the index scan)."""
         return self.model.encode_text(self.model.tokenize(list(texts)).to(self.device)).float()
 
+    def top_k(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [k], rows [k]) of the best videos for one unit-length query vector [d]."""
+        scores = self.embeddings @ query.to(device=self.embeddings.device, dtype=self.embeddings.dtype)
+        best = torch.topk(scores, min(k, scores.shape[0]))
+        return best.values.float(), best.indices
+
     def query(self, text: str, k: int = 5) -> list[Hit]:
-        scores, rows = self.index.top_k(self.encode([text])[0], k)
+        scores, rows = self.top_k(self.encode([text])[0], k)
         return [Hit(rank + 1, self.index.video_ids[int(row)], float(score))
                 for rank, (score, row) in enumerate(zip(scores.tolist(), rows.tolist(), strict=True))]

@@ -1,49 +1,26 @@
-"""The one interface every teacher implements.
+"""The one interface every teacher implements: :class:`teachclip.models.scorer.Scorer` (encode once,
+score in blocks) plus the frame relevance of matched pairs and the metadata the teacher cache records.
 
-Scoring is split into *encode* (once per caption / once per video) and *score* (per block of
-texts x videos), so that the extraction stage computes text and frame features once per teacher
-and reuses them across every block of the similarity matrix, in bounded memory.
-
-Batches:
-- ``TextBatch``: ``tokens`` LongTensor [N, L] (the teacher's own tokenizer), ``texts`` list[str],
-  ``caption_ids`` list[str], ``video_ids`` list[str] (the caption's own video).
-- ``VideoBatch``: ``frames`` uint8 [V, T, H, W, 3], ``mask`` bool [V, T] (False = padding),
-  ``video_ids`` list[str]; a teacher that needs other inputs (the caption-similarity teacher needs
-  each video's training captions) documents the extra keys it reads.
-
-Features are ``dict[str, Tensor]`` whose tensors all have the batch on dim 0, so callers can slice,
-concatenate and move them without knowing what is inside.
+A teacher that needs other inputs than the scorer's batches (the caption-similarity teacher needs
+each video's training captions) documents the extra keys it reads.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
 import torch
 from torch import nn
 
-Features = dict[str, torch.Tensor]
-TextBatch = dict[str, Any]
-VideoBatch = dict[str, Any]
-
-
-def slice_features(features: Features, start: int, stop: int) -> Features:
-    return {key: value[start:stop] for key, value in features.items()}
-
-
-def cat_features(parts: list[Features]) -> Features:
-    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-
-
-def features_to(features: Features, device: torch.device | str) -> Features:
-    return {key: value.to(device) for key, value in features.items()}
+from teachclip.models.scorer import Features, TextBatch, VideoBatch, slice_features
 
 
 class Teacher(nn.Module, ABC):
     """A fine-grained text-video scorer whose outputs become soft labels."""
 
     kind: str = ""
+    # False for teachers whose weights come from elsewhere (caption similarity): train-teacher refuses them
+    trainable: bool = True
     # False for teachers with no notion of frames (caption similarity): no fine-grained labels
     has_frame_relevance: bool = True
     # Version of the code that computes the scores: part of the teacher-cache fingerprint
@@ -80,6 +57,10 @@ class Teacher(nn.Module, ABC):
         """Raw (pre-softmax) frame relevance [texts, T] of caption i against video i; padded frames
         hold -inf-free finite values and must be masked by the consumer with the frame mask."""
         raise NotImplementedError(f"{self.kind} teacher has no frame relevance")
+
+    def scorer(self) -> Teacher:
+        """A teacher is its own scorer (:mod:`teachclip.models.scorer`)."""
+        return self
 
     # convenience wrappers: the per-pair definitions used by tests and online teaching
     def similarity(self, text_batch: TextBatch, video_batch: VideoBatch) -> torch.Tensor:

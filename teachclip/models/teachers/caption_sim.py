@@ -21,9 +21,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from teachclip.models.teachers.base import Features, Teacher, TextBatch, VideoBatch
-from teachclip.models.teachers.common import Options, masked_max, masked_mean, pairwise_dot
 from teachclip.core.config import TeacherConfig
+from teachclip.models.layers import masked_max, masked_mean
+from teachclip.models.teachers.base import Features, Teacher, TextBatch, VideoBatch
+from teachclip.models.teachers.common import Options, pairwise_dot
 
 
 class CaptionSimOptions(Options):
@@ -58,6 +59,7 @@ def load_sentence_model(path: str | Path | None, device: str | torch.device = "c
 
 class CaptionSimTeacher(Teacher):
     kind = "caption_sim"
+    trainable = False
     has_frame_relevance = False
     score_version = 1
     relevance_definition = ""

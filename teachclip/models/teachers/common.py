@@ -1,60 +1,29 @@
-"""Pieces shared by the teachers: masked reductions, a CLIP-backed teacher base, a temporal transformer.
+"""Pieces shared by the teachers: a CLIP-backed teacher base, options, pairwise products.
 
-Masking rule used everywhere: a padded frame (mask False) takes no part in any softmax, mean or max,
-and its own outputs (frame features, relevance) are set to 0 so that nothing non-finite ever reaches
-a cache. A video with no valid frame at all scores 0 rather than NaN.
+Masked reductions and the temporal transformer are shared with the student (:mod:`teachclip.models.layers`).
+A padded frame's own outputs (frame features, relevance) are set to 0, so that nothing non-finite
+ever reaches a cache; a video with no valid frame at all scores 0 rather than NaN.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
-from torch import nn
 
-from teachclip.models.backbone import Backbone, load_state_dict_safely
-from teachclip.models.teachers.base import Features, Teacher, TextBatch, VideoBatch
 from teachclip.core.config import TeacherConfig
-
-# finite "minus infinity" that every float dtype can hold (fp16 tops out at 65504): a masked entry
-# gets exp(-65504 - max) = 0 exactly, and a row with no valid entry stays finite
-MASKED_LOGIT = -65504.0
+from teachclip.models.backbone import Backbone
+from teachclip.models.io import CheckpointError, load_state_dict_safely, read_config, weights_path
+from teachclip.models.layers import normalize
+from teachclip.models.teachers.base import Features, Teacher, TextBatch, VideoBatch
 
 
 class Options(BaseModel):
     """Kind-specific ``TeacherConfig.options``; unknown keys are errors (typos must not pass)."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """softmax over the valid entries of ``dim``; masked entries (and all-masked rows) get weight 0."""
-    mask = mask.expand_as(logits)
-    weights = logits.masked_fill(~mask, MASKED_LOGIT).softmax(dim)
-    return weights * mask
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Mean over the valid entries of ``dim`` (0 where there are none); ``mask`` broadcasts to values."""
-    mask = mask.expand_as(values)
-    total = values.masked_fill(~mask, 0).sum(dim)
-    return total / mask.sum(dim).clamp(min=1).to(total.dtype)
-
-
-def masked_max(values: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Max over the valid entries of ``dim`` (0 where there are none)."""
-    mask = mask.expand_as(values)
-    best = values.masked_fill(~mask, MASKED_LOGIT).amax(dim)
-    return best.masked_fill(~mask.any(dim), 0)
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the last dim; a zero vector (a padded frame) stays zero instead of NaN."""
-    return F.normalize(x, dim=-1, eps=1e-6)
 
 
 def full_precision(method):
@@ -150,60 +119,12 @@ class ClipTeacher(Teacher):
         """Load trained weights: a directory written by ``save_teacher`` or a weights-only file."""
         path = Path(path)
         if path.is_dir():
-            from teachclip.models.io import WEIGHTS_FILE, read_config
-
             saved_kind = read_config(path)["kind"]
             if saved_kind != self.kind:
-                raise ValueError(f"{path}: holds a {saved_kind!r} model, not a {self.kind!r} teacher")
-            path = path / WEIGHTS_FILE
+                raise CheckpointError(f"{path}: holds a {saved_kind!r} model, not a {self.kind!r} teacher")
+        path = weights_path(path)
         state = load_state_dict_safely(path)
         try:
             self.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise ValueError(f"{path}: weights do not fit this {self.kind} teacher config: {exc}") from exc
-
-
-class TemporalTransformer(nn.Module):
-    """CLIP4Clip's ``seqTransf``: frame position embeddings + transformer blocks + residual.
-
-    Blocks are copies of the first layers of the CLIP text transformer when its width equals
-    ``width`` (CLIP4Clip initialises its temporal transformer the same way); any further layer is
-    freshly initialised. Tokens whose ``mask`` is False are never attended to; their outputs are
-    returned unchanged-but-meaningless and must be masked by the caller.
-    """
-
-    def __init__(self, width: int, layers: int, max_frames: int, text_blocks: nn.ModuleList | None = None):
-        super().__init__()
-        from open_clip.transformer import ResidualAttentionBlock
-
-        blocks = []
-        for i in range(layers):
-            reusable = text_blocks is not None and i < len(text_blocks) and _block_width(text_blocks[i]) == width
-            blocks.append(copy.deepcopy(text_blocks[i]) if reusable else
-                          ResidualAttentionBlock(width, max(1, width // 64), batch_first=True))
-        self.blocks = nn.ModuleList(blocks)
-        self.frame_position = nn.Embedding(max_frames, width)
-        nn.init.normal_(self.frame_position.weight, std=0.01)
-
-    def forward(self, x: torch.Tensor, frame_index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [B, S, d]; frame_index [S] (the frame each token belongs to); mask [B, S] (valid tokens)."""
-        if int(frame_index.max()) >= self.frame_position.num_embeddings:
-            raise ValueError(
-                f"{int(frame_index.max()) + 1} frames exceed max_frames={self.frame_position.num_embeddings}"
-            )
-        h = x + self.frame_position(frame_index)[None].to(x.dtype)
-        for block in self.blocks:
-            heads = block.attn.num_heads
-            # additive key mask per (batch, head): [B * heads, S, S] as nn.MultiheadAttention wants it
-            blocked = (~mask)[:, None, None, :].expand(-1, heads, h.shape[1], -1)
-            attn_mask = torch.zeros(blocked.shape, dtype=h.dtype, device=h.device).masked_fill(blocked, MASKED_LOGIT)
-            attn_mask = attn_mask.flatten(0, 1)
-            if block.attn.batch_first:
-                h = block(h, attn_mask=attn_mask)
-            else:
-                h = block(h.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
-        return h + x
-
-
-def _block_width(block: nn.Module) -> int:
-    return int(block.ln_1.normalized_shape[0])
+            raise CheckpointError(f"{path}: weights do not fit this {self.kind} teacher config: {exc}") from exc

@@ -16,17 +16,14 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from teachclip.models.layers import masked_max, masked_mean, masked_softmax, normalize
 from teachclip.models.teachers.base import Features, TextBatch, VideoBatch
 from teachclip.models.teachers.common import (
     ClipTeacher,
     Options,
     full_precision,
-    masked_max,
-    masked_mean,
-    masked_softmax,
     matched_dot,
     matched_pairs,
-    normalize,
     pairwise_dot,
 )
 

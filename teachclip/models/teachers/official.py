@@ -40,8 +40,8 @@ Heads:
   ``cross_attn.`` accepted too); ``layer_norm2`` -> ``head.ln_attn``; ``linear_proj`` ->
   ``head.refine``; ``layer_norm3`` -> ``head.ln_out``.
 - X-CLIP (``modules/modeling_xclip.py``): ``frame_position_embeddings.weight`` [77, d] ->
-  ``temporal.frame_position.weight`` (its first ``max_frames`` rows: the code only ever looks up rows
-  0..T-1); ``transformerClip.resblocks.N.*`` -> ``temporal.blocks.N.*``; ``local_mat_weight`` ->
+  ``temporal.frame_position_embeddings.weight`` (its first ``max_frames`` rows: the code only ever looks
+  up rows 0..T-1); ``transformerClip.resblocks.N.*`` -> ``temporal.transformer.resblocks.N.*``; ``local_mat_weight`` ->
   ``word_projection``; ``word_mat_weight`` -> ``word_reweight``; ``frame_mat_weight`` ->
   ``frame_reweight``; ``frame_mat_weight2`` -> ``frame_reweight_2``; ``word_mat_weight2`` ->
   ``word_reweight_2``; ``global_mat_weight`` -> ``sentence_projection``; ``word_logit_weight`` ->
@@ -50,8 +50,8 @@ Heads:
   ``use_original_clip_for_frame_features = True``), ``full_reweighting: true``, ``video_head`` and
   ``temporal_layers`` from the ``transformerClip`` blocks, ``max_frames`` from ``frame_mat_weight``.
 - TS2-Net (``modules/modeling.py``): ``frame_position_embeddings.weight`` [77, d] -> the first
-  ``max_frames * (1 + topk)`` rows of ``temporal.frame_position.weight``; ``transformerClip.resblocks.N.*``
-  -> ``temporal.blocks.N.*``; ``visual_token_selector.score_predictor.in_conv.{0,1}`` ->
+  ``max_frames * (1 + topk)`` rows of ``temporal.frame_position_embeddings.weight``;
+  ``transformerClip.resblocks.N.*`` -> ``temporal.transformer.resblocks.N.*``; ``visual_token_selector.score_predictor.in_conv.{0,1}`` ->
   ``selector.token_mlp.{0,1}``; ``...out_conv.{0,2}`` -> ``selector.score_mlp.{0,2}``. Dropped by
   design (built but never used by the released forward): ``visual_prompt_encoder.*``,
   ``text_token_selector.*``. Implied options: ``positions: token`` (the code embeds position i of the
@@ -79,7 +79,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +87,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from teachclip.models.io import CheckpointError
 from teachclip.core.config import TeacherConfig
+from teachclip.core.errors import MissingFileError
+from teachclip.models.io import CheckpointError, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ _DEAD = {  # built by the released code but never used by its forward
                "text_token_selector.": "built but unused by TS2-Net's forward (its call is commented out)"},
 }
 # rows of a position table the code never reads beyond the frames it sees: sliced, not refused
-_SLICED = ("temporal.frame_position.weight",)
+_SLICED = ("temporal.frame_position_embeddings.weight",)
 
 
 class OfficialCheckpointError(CheckpointError):
@@ -193,41 +193,6 @@ class Conversion:
 # ---- reading ---------------------------------------------------------------------------------------
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], list[str]]:
-    """The state dict of a checkpoint file and the names of the wrapper entries left out.
-
-    safetensors files go through safetensors; anything else through ``torch.load(weights_only=True)``
-    (memory-mapped when the file is in torch's zip format), which refuses pickled code. A
-    ``{"state_dict": ...}`` (X-Pool) or ``{"model": ...}`` wrapper is unwrapped and a ``module.``
-    prefix (DataParallel/DDP) stripped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path), device="cpu")), []
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:  # pickled code, truncated file, not a torch file
-        raise OfficialCheckpointError(
-            f"{path}: refused to load: not a weights-only checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
-    wrapper: list[str] = []
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            wrapper = sorted(str(k) for k in state if k != key)
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise OfficialCheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    state = {str(key): value for key, value in state.items()}
-    if state and all(key.startswith("module.") for key in state):
-        state = {key.removeprefix("module."): value for key, value in state.items()}
-    return state, wrapper
-
-
 def checkpoint_keys(path: str | Path) -> list[str]:
     """The key names of a checkpoint file, cheaply where the format allows (safetensors header,
     memory-mapped torch zip)."""
@@ -237,7 +202,7 @@ def checkpoint_keys(path: str | Path) -> list[str]:
 
         with safe_open(str(path), framework="pt") as handle:
             return list(handle.keys())
-    return list(read_checkpoint(path)[0])
+    return list(read_state_dict(path)[0])
 
 
 def detect_kind(keys: Iterable[str]) -> str | None:
@@ -388,12 +353,12 @@ def _convert_temporal(state: dict[str, torch.Tensor], put, unmapped: list[str]) 
     layers = set()
     for name, value in state.items():
         if name == "frame_position_embeddings.weight":
-            put("temporal.frame_position.weight", value, name)
+            put("temporal.frame_position_embeddings.weight", value, name)
             continue
         match = re.fullmatch(rf"transformerClip\.resblocks\.(\d+)\.({_BLOCK})", name)
         if match:
             layers.add(int(match.group(1)))
-            put(f"temporal.blocks.{match.group(1)}.{match.group(2)}", value, name)
+            put(f"temporal.transformer.resblocks.{match.group(1)}.{match.group(2)}", value, name)
         else:
             unmapped.append(name)
     if layers and layers != set(range(len(layers))):
@@ -475,9 +440,9 @@ def split_checkpoint_options(config: TeacherConfig) -> tuple[TeacherConfig, str,
     fmt = options.pop("checkpoint_format", "auto")
     ignore = options.pop("checkpoint_ignore", [])
     if fmt not in FORMATS:
-        raise ValueError(f"options.checkpoint_format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise OfficialCheckpointError(f"options.checkpoint_format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if isinstance(ignore, str) or not all(isinstance(pattern, str) for pattern in ignore):
-        raise ValueError(f"options.checkpoint_ignore must be a list of glob patterns, got {ignore!r}")
+        raise OfficialCheckpointError(f"options.checkpoint_ignore must be a list of glob patterns, got {ignore!r}")
     if len(options) != len(config.options):
         config = config.model_copy(update={"options": options})
     return config, fmt, tuple(ignore)
@@ -493,10 +458,10 @@ def is_official(config: TeacherConfig, fmt: str) -> bool:
         return False  # a save_teacher directory, or a missing file: the usual error path says so
     if fmt == "official":
         if config.kind not in OFFICIAL_KINDS:
-            raise ValueError(f"checkpoint_format official: no official format for {config.kind!r} teachers "
+            raise OfficialCheckpointError(f"checkpoint_format official: no official format for {config.kind!r} teachers "
                              f"(only {', '.join(OFFICIAL_KINDS)})")
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: official checkpoint not found (official checkpoints are files)")
+            raise MissingFileError(f"{path}: official checkpoint not found (official checkpoints are files)")
     keys = checkpoint_keys(path)
     detected = detect_kind(keys)
     if detected is None:
@@ -569,7 +534,7 @@ def load_official_state_dict(teacher: nn.Module, conversion: Conversion, source:
 def build_official_teacher(config: TeacherConfig, teacher_class: type, ignore: Sequence[str] = ()) -> nn.Module:
     """Read ``config.checkpoint`` (an official file), build the teacher with the options it implies
     (without fetching pretrained weights: the checkpoint supplies every tensor) and load it."""
-    state, wrapper = read_checkpoint(config.checkpoint)
+    state, wrapper = read_state_dict(config.checkpoint)
     try:
         conversion = convert_official_checkpoint(config.kind, state, ignore=ignore, wrapper=wrapper)
         options = merge_options(config.kind, dict(config.options), conversion.options)

@@ -33,16 +33,14 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from teachclip.models.layers import TemporalTransformer, masked_softmax, normalize
 from teachclip.models.teachers.base import Features, TextBatch, VideoBatch
 from teachclip.models.teachers.common import (
     ClipTeacher,
     Options,
-    TemporalTransformer,
     full_precision,
-    masked_softmax,
     matched_dot,
     matched_pairs,
-    normalize,
     pairwise_dot,
 )
 
@@ -190,7 +188,7 @@ class TS2NetTeacher(ClipTeacher):
                                       options.topk_samples, options.topk_sigma)
         positions = options.max_frames * (1 + options.topk) if options.positions == "token" else options.max_frames
         self.temporal = TemporalTransformer(self.embed_dim, options.temporal_layers, positions,
-                                            self.backbone.clip.transformer.resblocks)
+                                            text=self.backbone.clip.transformer)
 
     def encode_texts(self, batch: TextBatch) -> Features:
         return {"sentence": self.encode_sentences(batch)}
@@ -242,7 +240,7 @@ class TS2NetTeacher(ClipTeacher):
             frame_index = torch.arange(steps * per_frame, device=tokens.device)
         else:
             frame_index = torch.arange(steps, device=tokens.device).repeat_interleave(per_frame)
-        joint = self.temporal(tokens.flatten(1, 2), frame_index, mask.repeat_interleave(per_frame, dim=1))
+        joint = self.temporal(tokens.flatten(1, 2), mask.repeat_interleave(per_frame, dim=1), positions=frame_index)
         frame_embeddings = joint.view(videos, steps, per_frame, -1)[:, :, 0]  # the CLS of every frame
         return {"frames": normalize(frame_embeddings).masked_fill(~mask[..., None], 0), "mask": mask}
 

@@ -24,17 +24,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from teachclip.models.layers import TemporalTransformer, masked_mean, masked_softmax, normalize
 from teachclip.models.teachers.base import Features, TextBatch, VideoBatch
 from teachclip.models.teachers.common import (
     ClipTeacher,
     Options,
-    TemporalTransformer,
     full_precision,
-    masked_mean,
-    masked_softmax,
     matched_dot,
     matched_pairs,
-    normalize,
     pairwise_dot,
 )
 
@@ -94,7 +91,7 @@ class XClipTeacher(ClipTeacher):
         self.temporal = None
         if self.options.video_head == "seqTransf":
             self.temporal = TemporalTransformer(dim, self.options.temporal_layers, frames,
-                                                self.backbone.clip.transformer.resblocks)
+                                                text=self.backbone.clip.transformer)
         self.word_projection = nn.Parameter(torch.eye(dim))  # X-CLIP's local_mat_weight
         self.word_reweight = nn.Parameter(torch.eye(words))  # over words, per frame (stage 1)
         self.frame_reweight = nn.Parameter(torch.eye(frames))  # over frames, per word (stage 1)
@@ -118,8 +115,7 @@ class XClipTeacher(ClipTeacher):
             raise ValueError(f"{raw.shape[1]} frames per video exceed options.max_frames={self.options.max_frames}")
         frames = raw
         if self.temporal is not None:
-            steps = torch.arange(frames.shape[1], device=frames.device)
-            frames = self.temporal(frames, steps, mask)
+            frames = self.temporal(frames, mask)
         frames = normalize(frames).masked_fill(~mask[..., None], 0)
         video = normalize(masked_mean(frames, mask[..., None], dim=1))
         if self.options.frame_features == "clip":

@@ -19,15 +19,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from teachclip.models.layers import masked_softmax, normalize
 from teachclip.models.teachers.base import Features, TextBatch, VideoBatch
 from teachclip.models.teachers.common import (
     ClipTeacher,
     Options,
     full_precision,
-    masked_softmax,
     matched_dot,
     matched_pairs,
-    normalize,
     pairwise_dot,
 )
 

@@ -677,7 +677,7 @@ def prepare_dataset(dataset: str, root: str | Path, out_dir: str | Path, **optio
     all ``videos_dir``.
     """
     if dataset not in ADAPTERS:
-        raise ValueError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
+        raise ManifestError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
     root = Path(root)
     if not root.is_dir():
         raise ManifestError(f"{root}: dataset root directory not found")
@@ -690,7 +690,7 @@ def _check_options(dataset: str, adapter: Callable[..., Path], options: dict[str
     accepted = [p.name for p in inspect.signature(adapter).parameters.values() if p.kind is p.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(
+        raise ManifestError(
             f"{dataset} does not take option(s) {', '.join(unknown)} (options: {', '.join(accepted)})"
         )
 
@@ -698,4 +698,4 @@ def _check_options(dataset: str, adapter: Callable[..., Path], options: dict[str
 def _choose(value: str, allowed: Iterable[str], what: str) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r} (choose from {', '.join(allowed)})")
+        raise ManifestError(f"unknown {what} {value!r} (choose from {', '.join(allowed)})")

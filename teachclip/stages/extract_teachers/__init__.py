@@ -1,0 +1,254 @@
+"""Stage one, part 2: score every train caption against every train video, once per teacher.
+
+``extract_teachers(frames, manifest_dir, out, requests, config, compute)`` fills
+``teachers.zarr/<name>/`` (schema in :mod:`teachclip.stores.teacher_cache`, docs/teacher-cache.md).
+Which teachers: :mod:`.requests`; the units of work and the worker side: :mod:`.worker`.
+
+How the work is cut (every unit is deterministic in the arguments, never in the worker count, so
+one worker and two workers give byte-identical stores):
+
+1. *Video units* of ``encode_batch`` videos: a worker reads their frames, runs ``encode_videos``
+   and writes the features to ``<out>.partial/_scratch/<name>/videos-NNNNNN.safetensors``.
+   Features are computed once per video and shared with every worker through these files (rather
+   than scattered through the scheduler): they survive a killed run, so a resume never re-encodes
+   a video, and a worker on another machine reads them like it writes the output store.
+2. *Blocks* of ``layout.block_texts`` captions x every video, one shard file of each score array:
+   a worker encodes the block's captions once (each caption belongs to exactly one block), loads
+   the video features once per worker (cached by its runtime), scores them in sub-blocks sized by
+   the memory budget, and writes whole shards only (zarr-python 3 has no locks).
+
+The driver records a completion marker after each unit, so a killed run resumes with the missing
+units only, and publishes the group when every block is written (the partial/publish protocol of
+:mod:`teachclip.stores.teacher_cache.publish`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from teachclip.core.config import ComputeConfig, ExtractConfig
+from teachclip.core.fingerprint import short
+from teachclip.core.manifest import load_manifest
+from teachclip.core.parallel import compute_client, map_unordered
+from teachclip.core.progress import progress_bar
+from teachclip.models.io import software_versions
+from teachclip.stages.extract_teachers.requests import (
+    ExtractError,
+    TeacherRequest,
+    identity_of,
+    resolve_teachers,
+)
+from teachclip.stages.extract_teachers.worker import (
+    CacheRows,
+    block_units,
+    cache_rows,
+    describe_teacher,
+    encode_video_unit,
+    score_block,
+    teacher_on_workers,
+    video_units,
+)
+from teachclip.stores import open_video_store, require_manifest
+from teachclip.stores.teacher_cache.dense import create_group
+from teachclip.stores.teacher_cache.publish import (
+    block_unit,
+    discard_partial_group,
+    done_of,
+    publish_groups,
+    scratch_path,
+    video_unit,
+)
+from teachclip.stores.teacher_cache.remote import fetch_into
+from teachclip.stores.teacher_cache.schema import (
+    CacheLayout,
+    TeacherIdentity,
+    check_store_or_absent,
+    plan_layout,
+    read_group_attributes,
+)
+from teachclip.stores.zarr_io import done_units, mark_done, partial_path, tree_bytes
+
+__all__ = ["ExtractError", "ExtractReport", "TeacherRequest", "extract_teachers", "resolve_teachers"]
+
+
+@dataclass
+class TeacherReport:
+    name: str
+    kind: str
+    fingerprint: str
+    status: str  # "computed", "resumed", "cached" (already in the store), "pulled" (from the shared cache)
+    n_texts: int = 0
+    n_videos: int = 0
+    blocks_total: int = 0
+    blocks_computed: int = 0
+    pairs_computed: int = 0
+    seconds: float = 0.0  # the whole teacher: loading it, encoding videos, scoring
+    scoring_seconds: float = 0.0  # the blocks alone (what pairs/s measures)
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs_computed / self.scoring_seconds if self.scoring_seconds > 0 else 0.0
+
+    def line(self) -> str:
+        work = (f"{self.blocks_computed}/{self.blocks_total} blocks computed, {self.pairs_per_second:,.0f} pairs/s"
+                if self.status in ("computed", "resumed") else "nothing computed")
+        return (f"{self.name} ({self.kind}, {short(self.fingerprint)}): {self.status}; "
+                f"{self.n_texts} texts x {self.n_videos} videos; {work}; {self.seconds:.1f} s")
+
+
+@dataclass
+class ExtractReport:
+    out: Path
+    teachers: list[TeacherReport] = field(default_factory=list)
+
+    def summary(self) -> str:
+        size = tree_bytes(self.out) if self.out.exists() else 0
+        return "\n".join([*(t.line() for t in self.teachers),
+                          f"{self.out}: {len(self.teachers)} teacher(s), {size / 1e6:.2f} MB"])
+
+
+def extract_teachers(
+    frames: str | Path,
+    manifest_dir: str | Path,
+    out: str | Path,
+    requests: Sequence[TeacherRequest],
+    config: ExtractConfig,
+    compute: ComputeConfig,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExtractReport:
+    """Fill ``out`` with one group per requested teacher; see the module docstring. The manifest is
+    checked against the frames store before anything is computed."""
+    frames_path, manifest_dir, out = Path(frames).resolve(), Path(manifest_dir).resolve(), Path(out).resolve()
+    partial = partial_path(out)
+    check_store_or_absent(out)
+    check_store_or_absent(partial)
+    frames_store = open_video_store(frames_path)
+    manifest = load_manifest(manifest_dir)
+    rows = cache_rows(frames_store, manifest)
+    layout = plan_layout(len(rows.caption_ids), len(rows.video_ids), frames_store.frames_per_video,
+                         config.block_texts, config.chunk_texts, config.block_videos, config.memory_budget_mb)
+    report = ExtractReport(out)
+
+    todo = []
+    for request in requests:
+        identity = identity_of(request, frames_store.fingerprint, frames_store.manifest_fingerprint)
+        status = prepare_group(partial, out, request.name, identity, overwrite)
+        if status == "new" and config.shared_cache and fetch_into(config.shared_cache, identity.fingerprint, partial,
+                                                                  request.name):
+            status = "pulled"
+        entry = TeacherReport(request.name, identity.kind, identity.fingerprint, status,
+                              layout.n_texts, layout.n_videos, layout.n_blocks)
+        report.teachers.append(entry)
+        if status in ("new", "resumed"):
+            entry.status = "computed" if status == "new" else "resumed"
+            todo.append((request, identity, entry))
+
+    if todo:  # the manifest's captions become the rows of the cache: it must be the frames' own
+        require_manifest(frames_store, manifest)
+        with compute_client(compute) as (client, resources), progress_bar(progress) as bar:
+            versions = software_versions()
+            for request, identity, entry in todo:
+                run_teacher(client, resources, bar, request, identity, entry, rows, layout, partial,
+                            frames_path, manifest_dir, config, compute, versions)
+    finished = [t.name for t in report.teachers if t.status != "cached"]
+    if finished:
+        publish_groups(partial, out, finished)
+    return report
+
+
+def prepare_group(partial: Path, out: Path, name: str, identity: TeacherIdentity, overwrite: bool) -> str:
+    """Decide what to do with one group: "cached" (done), "resumed" (partial work kept) or "new".
+
+    A finished or partial group with another fingerprint is refused, naming both, unless
+    ``overwrite``; with ``overwrite`` a finished group is recomputed, while partial work of the very
+    same fingerprint is still resumed (it is exactly what would be recomputed).
+    """
+    wanted = identity.fingerprint
+    finished = read_group_attributes(out / name)
+    if finished is not None and not overwrite:
+        if finished["fingerprint"] != wanted:
+            raise ExtractError(
+                f"{out / name}: holds teacher cache {finished['fingerprint']}, but the requested teacher "
+                f"{name!r} on these frames has fingerprint {wanted}; pass --overwrite to replace it"
+            )
+        if finished.get("complete"):
+            return "cached"
+    if finished is not None and overwrite:
+        shutil.rmtree(out / name)
+    started = read_group_attributes(partial / name)
+    if started is not None and started["fingerprint"] != wanted:
+        if not overwrite:
+            raise ExtractError(
+                f"{partial / name}: unfinished teacher cache {started['fingerprint']}, but the requested teacher "
+                f"{name!r} has fingerprint {wanted}; pass --overwrite to discard it"
+            )
+        discard_partial_group(partial, name)
+        started = None
+    return "resumed" if started is not None else "new"
+
+
+def run_teacher(
+    client: Any,
+    resources: dict[str, float] | None,
+    bar: Any,
+    request: TeacherRequest,
+    identity: TeacherIdentity,
+    entry: TeacherReport,
+    rows: CacheRows,
+    layout: CacheLayout,
+    partial: Path,
+    frames_path: Path,
+    manifest_dir: Path,
+    config: ExtractConfig,
+    compute: ComputeConfig,
+    versions: dict[str, str],
+) -> None:
+    """Compute the missing video units and blocks of one teacher's group in ``partial``."""
+    name = request.name
+    group = partial / name
+    scratch = scratch_path(partial, name)
+    videos = video_units(rows, scratch, config.encode_batch)
+    blocks = block_units(rows, layout, group, scratch, len(videos), config)
+    if _resumable(partial, name, identity, layout):
+        done = done_units(partial)
+        videos_left = [u for u in videos if u.index not in done_of(done, name, "videos")]
+        blocks_left = [u for u in blocks if u.index not in done_of(done, name, "block")]
+    else:
+        videos_left, blocks_left = videos, blocks
+    if not blocks_left:
+        return
+
+    started = time.perf_counter()
+    with teacher_on_workers(client, request, identity, frames_path, manifest_dir, compute) as runtime:
+        if not _resumable(partial, name, identity, layout):
+            # new, or partial work with another block layout (--block-texts, memory budget): start over
+            definitions = next(map_unordered(client, describe_teacher, [0], resources=resources, runtime=runtime))[1]
+            discard_partial_group(partial, name)
+            create_group(partial, name, replace(identity, **definitions), layout, rows.caption_ids,
+                         rows.video_ids, rows.text_video, versions)
+        if videos_left:
+            task = bar.add_task(f"{name} videos", total=len(videos), completed=len(videos) - len(videos_left), status="")
+            for unit, _ in map_unordered(client, encode_video_unit, videos_left, resources=resources, runtime=runtime):
+                mark_done(partial, video_unit(name, unit.index))
+                bar.advance(task)
+        task = bar.add_task(f"{name} blocks", total=len(blocks), completed=len(blocks) - len(blocks_left), status="")
+        scoring_started = time.perf_counter()
+        for unit, pairs in map_unordered(client, score_block, blocks_left, resources=resources, runtime=runtime):
+            mark_done(partial, block_unit(name, unit.index))
+            entry.blocks_computed += 1
+            entry.pairs_computed += pairs
+            entry.scoring_seconds = time.perf_counter() - scoring_started
+            bar.update(task, advance=1, status=f"{entry.pairs_per_second:,.0f} pairs/s")
+    entry.seconds = time.perf_counter() - started
+
+
+def _resumable(partial: Path, name: str, identity: TeacherIdentity, layout: CacheLayout) -> bool:
+    """Partial work of this very fingerprint and block layout is there to continue."""
+    attrs = read_group_attributes(partial / name)
+    return attrs is not None and attrs["fingerprint"] == identity.fingerprint and attrs["layout"] == asdict(layout)

@@ -1,0 +1,224 @@
+"""Dense teacher groups: the writer (one block = whole shards of every score array) and the reader.
+
+Schema and layout: :mod:`.schema`. A worker of ``extract-teachers`` writes a block with
+:func:`write_block`; :class:`DenseGroup` serves random training batches from RAM (matrices up to
+``IN_MEMORY_LIMIT_BYTES``) or by decoding only the chunks a batch touches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from teachclip.stores.teacher_cache.schema import (
+    IN_MEMORY_LIMIT_BYTES,
+    RELEVANCE,
+    SCHEMA_VERSION,
+    SIMILARITY,
+    TEXT_IDS,
+    TEXT_VIDEO,
+    VIDEO_IDS,
+    CacheLayout,
+    TeacherCacheError,
+    TeacherIdentity,
+    check_group_name,
+    group_attributes,
+    layout_from_attributes,
+    open_root,
+    read_group_attributes,
+    round_up,
+)
+from teachclip.stores.zarr_io import create_array, read_strings, write_strings
+
+
+def create_group(
+    store: str | Path,
+    name: str,
+    identity: TeacherIdentity,
+    layout: CacheLayout,
+    text_ids: Sequence[str],
+    video_ids: Sequence[str],
+    text_video: np.ndarray,
+    versions: dict[str, str] | None = None,
+) -> zarr.Group:
+    """Create an empty (``complete: false``) group with every array, ready for block writes."""
+    check_group_name(name)
+    if len(text_ids) != layout.n_texts or len(video_ids) != layout.n_videos or len(text_video) != layout.n_texts:
+        raise TeacherCacheError(f"{store}/{name}: ids and layout disagree on the number of texts/videos")
+    root = open_root(store)
+    group = root.create_group(name, overwrite=True, attributes=group_attributes(identity, layout, complete=False,
+                                                                                  versions=versions or {}))
+    create_array(
+        group,
+        SIMILARITY,
+        shape=(layout.n_texts, layout.n_videos),
+        chunks=(layout.chunk_texts, layout.chunk_videos),
+        shards=(layout.block_texts, round_up(layout.n_videos, layout.chunk_videos)),
+        dtype="float16",
+        fill_value=float("nan"),
+    )
+    if identity.has_frame_relevance:
+        create_array(
+            group,
+            RELEVANCE,
+            shape=(layout.n_texts, layout.frames_per_video),
+            chunks=(layout.chunk_texts, layout.frames_per_video),
+            shards=(layout.block_texts, layout.frames_per_video),
+            dtype="float32",
+            fill_value=float("nan"),
+        )
+    write_strings(group, TEXT_IDS, list(text_ids))
+    write_strings(group, VIDEO_IDS, list(video_ids))
+    create_array(group, TEXT_VIDEO, shape=(layout.n_texts,), chunks=(layout.n_texts,), dtype="int32",
+                 fill_value=-1)[...] = np.asarray(text_video, dtype=np.int32)
+    return group
+
+
+def write_block(group_path: str | Path, block: int, similarity: np.ndarray, relevance: np.ndarray | None) -> None:
+    """Write one block (whole shards of every score array); the only write a worker does."""
+    group = zarr.open_group(Path(group_path), mode="r+")
+    layout = layout_from_attributes(dict(group.attrs))
+    start, stop = layout.block_rows(block)
+    expected = (stop - start, layout.n_videos)
+    if similarity.shape != expected:
+        raise TeacherCacheError(f"{group_path}: block {block}: similarity shape {similarity.shape}, expected {expected}")
+    # write_empty_chunks: a chunk that happens to equal the fill value must still exist on disk
+    config = {"write_empty_chunks": True}
+    similarity = similarity.astype(np.float16)
+    if not np.isfinite(similarity).all():  # NaN is the mark of unwritten data: never store one
+        raise TeacherCacheError(f"{group_path}: block {block}: non-finite similarity (NaN, or beyond float16's +-65504)")
+    group[SIMILARITY].with_config(config)[start:stop] = similarity
+    if RELEVANCE in group:
+        if relevance is None or relevance.shape != (stop - start, layout.frames_per_video):
+            raise TeacherCacheError(f"{group_path}: block {block}: frame relevance missing or of the wrong shape")
+        relevance = relevance.astype(np.float32)
+        if not np.isfinite(relevance).all():
+            raise TeacherCacheError(f"{group_path}: block {block}: non-finite frame relevance")
+        group[RELEVANCE].with_config(config)[start:stop] = relevance
+
+
+# ---- reader ----------------------------------------------------------------------------------
+
+
+class GroupReader:
+    """What dense and sparse group readers share: identity, ids and their lookups, frame relevance.
+
+    Subclasses read their score arrays and implement :meth:`similarity_block`.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        attrs = read_group_attributes(self.path)
+        if attrs is None:
+            raise TeacherCacheError(f"{self.path}: not a teacher cache group (no teachclip group metadata)")
+        if attrs.get("schema_version") != SCHEMA_VERSION:
+            raise TeacherCacheError(
+                f"{self.path}: schema_version {attrs.get('schema_version')} (this code reads {SCHEMA_VERSION})"
+            )
+        self.attrs: dict[str, Any] = attrs
+        self.name: str = self.path.name
+        self.kind: str = attrs["kind"]
+        self.fingerprint: str = attrs["fingerprint"]
+        self.frames_fingerprint: str = attrs["frames_fingerprint"]
+        self.manifest_fingerprint: str = attrs["manifest_fingerprint"]
+        self.complete: bool = bool(attrs["complete"])
+        self.has_frame_relevance: bool = bool(attrs["has_frame_relevance"])
+        self.layout = layout_from_attributes(attrs)
+        try:
+            self.group = zarr.open_group(self.path, mode="r")
+            self.text_ids: list[str] = read_strings(self.group[TEXT_IDS])
+            self.video_ids: list[str] = read_strings(self.group[VIDEO_IDS])
+            self.text_video: np.ndarray = np.asarray(self.group[TEXT_VIDEO][...], dtype=np.int64)
+            self._relevance: Any = self.group[RELEVANCE] if self.has_frame_relevance else None
+        except (KeyError, ValueError, OSError) as exc:
+            raise TeacherCacheError(f"{self.path}: cannot read the group's arrays ({exc})") from exc
+        self._text_rows = {caption_id: row for row, caption_id in enumerate(self.text_ids)}
+        self._video_cols = {video_id: col for col, video_id in enumerate(self.video_ids)}
+
+    @property
+    def frames_per_video(self) -> int:
+        return self.layout.frames_per_video
+
+    def require_frames(self, frames_fingerprint: str) -> None:
+        """Refuse a cache computed from other frames than the ones a consumer was given."""
+        if frames_fingerprint != self.frames_fingerprint:
+            raise TeacherCacheError(
+                f"{self.path}: computed from frames {self.frames_fingerprint}, but the frames given have "
+                f"fingerprint {frames_fingerprint}"
+            )
+
+    def text_index(self, caption_ids: Sequence[str]) -> np.ndarray:
+        return self._lookup(self._text_rows, caption_ids, "caption")
+
+    def video_index(self, video_ids: Sequence[str]) -> np.ndarray:
+        return self._lookup(self._video_cols, video_ids, "video")
+
+    def similarity_block(self, text_rows: Sequence[int] | np.ndarray, video_cols: Sequence[int] | np.ndarray) -> np.ndarray:
+        """float32 [len(text_rows), len(video_cols)] teacher similarities (any order, repeats allowed)."""
+        raise NotImplementedError
+
+    def frame_relevance(self, text_rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """float32 [len(text_rows), T] raw relevance of each caption against its own video's frames."""
+        if self._relevance is None:
+            raise TeacherCacheError(f"{self.path}: teacher {self.kind!r} has no frame relevance")
+        rows = np.asarray(text_rows, dtype=np.int64)
+        if isinstance(self._relevance, np.ndarray):
+            return self._relevance[rows].astype(np.float32)
+        unique_rows, row_pos = np.unique(rows, return_inverse=True)
+        return self._read_checked(self._relevance.oindex, (unique_rows, slice(None)))[row_pos].astype(np.float32)
+
+    def _lookup(self, table: dict[str, int], ids: Sequence[str], what: str) -> np.ndarray:
+        missing = [i for i in ids if i not in table]
+        if missing:
+            raise TeacherCacheError(
+                f"{self.path}: {len(missing)} {what} id(s) not in the cache, e.g. {missing[:3]} "
+                f"(it holds the train split only)"
+            )
+        return np.fromiter((table[i] for i in ids), dtype=np.int64, count=len(ids))
+
+    def _read_checked(self, source: Any, selection: Any) -> np.ndarray:
+        try:
+            return np.asarray(source[selection])
+        except ValueError as exc:  # zarr's crc32c codec raises ValueError on a checksum mismatch
+            raise TeacherCacheError(f"{self.path}: corrupt chunk ({exc}); run `teach cache verify`") from exc
+
+
+class DenseGroup(GroupReader):
+    """A dense group: ``similarity_block`` serves random training batches from RAM when the matrix
+    was loaded (``in_memory``; None: when it is at most ``IN_MEMORY_LIMIT_BYTES``), else by decoding
+    only the chunks the batch touches."""
+
+    def __init__(self, path: str | Path, in_memory: bool | None = None):
+        super().__init__(path)
+        try:
+            self._similarity: Any = self.group[SIMILARITY]
+        except KeyError as exc:
+            raise TeacherCacheError(f"{self.path}: cannot read the group's arrays ({exc})") from exc
+        if in_memory is None:
+            in_memory = self.layout.n_texts * self.layout.n_videos * 2 <= IN_MEMORY_LIMIT_BYTES
+        if in_memory:
+            self._similarity = self._read_checked(self._similarity, ...)
+            if self._relevance is not None:
+                self._relevance = self._read_checked(self._relevance, ...)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self._similarity, np.ndarray)
+
+    def similarity_block(self, text_rows: Sequence[int] | np.ndarray, video_cols: Sequence[int] | np.ndarray) -> np.ndarray:
+        rows = np.asarray(text_rows, dtype=np.int64)
+        cols = np.asarray(video_cols, dtype=np.int64)
+        if self.in_memory:
+            return self._similarity[np.ix_(rows, cols)].astype(np.float32)
+        unique_rows, row_pos = np.unique(rows, return_inverse=True)
+        unique_cols, col_pos = np.unique(cols, return_inverse=True)
+        block = self._read_checked(self._similarity.oindex, (unique_rows, unique_cols))
+        return block[np.ix_(row_pos, col_pos)].astype(np.float32)
+
+    def __repr__(self) -> str:
+        return (f"DenseGroup({self.name!r}, kind={self.kind!r}, {self.layout.n_texts}x{self.layout.n_videos}, "
+                f"fingerprint={self.fingerprint[:12]}, complete={self.complete})")

@@ -1,0 +1,87 @@
+"""The partial/publish protocol of the teacher cache.
+
+A group is built in ``<out>.partial/<name>/`` with one completion marker per finished block (and
+per finished unit of video features) in ``<out>.partial/_progress/`` and scratch data in
+``<out>.partial/_scratch/<name>/``. When every block is written the group is marked complete and
+published: if ``<out>`` does not exist yet, the whole partial store is renamed to ``<out>`` (one
+atomic rename); if it does (a teacher added to a finished store), the group directory alone is
+renamed into ``<out>/``, so the groups already there are never touched nor recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import zarr
+
+from teachclip.core.fingerprint import canonical_json
+from teachclip.stores.teacher_cache.schema import group_names, open_root
+from teachclip.stores.zarr_io import PROGRESS_DIR
+
+
+def mark_group_complete(group_path: str | Path) -> None:
+    group = zarr.open_group(Path(group_path), mode="r+")
+    attrs = dict(group.attrs) | {"complete": True}
+    group.attrs.put(json.loads(canonical_json(attrs)))
+
+
+SCRATCH_DIR = "_scratch"
+
+
+def block_unit(name: str, block: int) -> str:
+    return f"{name}.block.{block:06d}"
+
+
+def video_unit(name: str, unit: int) -> str:
+    return f"{name}.videos.{unit:06d}"
+
+
+def done_of(done: set[str], name: str, kind: str) -> set[int]:
+    """Indices of the finished units of one kind ("block" or "videos") of group ``name``."""
+    prefix = f"{name}.{kind}."
+    return {int(unit[len(prefix):]) for unit in done if unit.startswith(prefix)}
+
+
+def scratch_path(partial: Path, name: str) -> Path:
+    return partial / SCRATCH_DIR / name
+
+
+def discard_partial_group(partial: Path, name: str) -> None:
+    """Forget a group's partial work: its arrays, completion markers and scratch data."""
+    shutil.rmtree(partial / name, ignore_errors=True)
+    discard_bookkeeping(partial, name)
+
+
+def publish_groups(partial: Path, out: Path, names: Sequence[str]) -> None:
+    """Mark the finished groups ``names`` of ``partial`` complete and move them into ``out``.
+
+    One rename of the whole partial store when ``out`` does not exist and nothing else is in
+    progress there; otherwise one rename per group, leaving other groups of ``out`` untouched.
+    """
+    for name in names:
+        mark_group_complete(partial / name)
+        discard_bookkeeping(partial, name)
+    if not out.exists() and set(group_names(partial)) == set(names):
+        for folder in (PROGRESS_DIR, SCRATCH_DIR):
+            shutil.rmtree(partial / folder, ignore_errors=True)
+        os.replace(partial, out)
+        return
+    open_root(out)
+    for name in names:
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+        os.replace(partial / name, out / name)
+    if not group_names(partial):
+        shutil.rmtree(partial)
+
+
+def discard_bookkeeping(partial: Path, name: str) -> None:
+    """Remove a group's completion markers and scratch data (not its arrays)."""
+    shutil.rmtree(scratch_path(partial, name), ignore_errors=True)
+    progress = partial / PROGRESS_DIR
+    for marker in progress.glob(f"{name}.*") if progress.is_dir() else []:
+        marker.unlink()

@@ -1,0 +1,186 @@
+"""Sparse teacher caches for collections too large for a dense [texts, videos] matrix (WebVid scale).
+
+A sparse group keeps, per training caption, the teacher's ``top_k`` best videos with their scores and
+the score of the matched pair (the caption's own video, whether or not it is in the top k)::
+
+    teachers.zarr/<name>/            attrs: the dense group's identity + {"sparse": {...}}, own fingerprint
+      neighbour_videos  int32 [texts, K]    columns (into video_ids) of the top-k videos, best first
+      neighbour_scores  float16 [texts, K]  their raw teacher scores
+      own_score         float16 [texts]     score of each caption against its own video
+      rest_mean         float16 [texts]     mean score of the row's videos outside the top k
+      frame_relevance   float32 [texts, T]  copied from the dense group (when the teacher has it)
+      text_ids, video_ids, text_video       as in the dense group
+
+:class:`SparseGroup` has the dense reader's API (``open_teacher_caches`` returns one for a sparse
+group). ``similarity_block(rows, cols)`` returns the stored score where it is known and,
+elsewhere, **the mean of the row's scores outside its top k** (``rest_mean``): the expected score of an
+unknown video. (The k-th best score, an upper bound of every unknown entry, was tried first: whenever
+the caption's own video is outside its top k, it ranks every unknown negative above the positive and
+teaches the student to retrieve worse than no teacher at all; see reports/distillation.md.)
+``known_mask(rows, cols)`` says which entries are exact. Training can build batches from the
+neighbourhoods (:func:`teachclip.training.samplers.neighbourhood_batches`), so that more in-batch soft
+labels are known.
+
+Disk and memory per caption: ``K * (4 + 2) + 4`` bytes instead of ``2 * videos`` (``bench/sparse.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from teachclip.core.fingerprint import canonical_json, fingerprint
+from teachclip.stores.teacher_cache.dense import DenseGroup, GroupReader
+from teachclip.stores.teacher_cache.publish import publish_groups
+from teachclip.stores.teacher_cache.schema import (
+    RELEVANCE,
+    TEXT_IDS,
+    TEXT_VIDEO,
+    VIDEO_IDS,
+    TeacherCacheError,
+    check_group_name,
+    check_store_or_absent,
+    open_root,
+)
+from teachclip.stores.zarr_io import create_array, partial_path, write_strings
+
+NEIGHBOUR_VIDEOS = "neighbour_videos"
+NEIGHBOUR_SCORES = "neighbour_scores"
+OWN_SCORE = "own_score"
+REST_MEAN = "rest_mean"
+FILL_RULE = "rest_mean"  # unknown entries read as the mean of the row's scores outside the top k
+
+
+def sparse_fingerprint(dense_fingerprint: str, top_k: int) -> str:
+    """A sparse group holds other bytes than its dense source: it gets its own identity."""
+    return fingerprint("sparse-teacher-cache", {"dense": dense_fingerprint, "top_k": top_k})
+
+
+def top_k_of_rows(scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(columns int32 [n, k], scores float32 [n, k]) of each row's k best entries, best first; ties by
+    the lower column (a stable, reproducible order). NaN counts as -inf."""
+    scores = np.where(np.isnan(scores), -np.inf, scores.astype(np.float32))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    return order.astype(np.int32), np.take_along_axis(scores, order, axis=1)
+
+
+def sparsify(group_path: str | Path, out: str | Path, top_k: int, name: str | None = None,
+             block_texts: int = 1024) -> Path:
+    """Convert one complete dense group into a sparse group ``out/<name>`` (default: the same name),
+    reading the dense matrix ``block_texts`` rows at a time. Written in ``<out>.partial`` and published
+    as :mod:`teachclip.stores.teachers` does."""
+    source = DenseGroup(group_path, in_memory=False)
+    if not source.complete:
+        raise TeacherCacheError(f"{source.path}: incomplete teacher cache; finish extract-teachers first")
+    n_texts, n_videos = source.layout.n_texts, source.layout.n_videos
+    top_k = min(top_k, n_videos)
+    if top_k < 1:
+        raise TeacherCacheError(f"top_k must be at least 1, got {top_k}")
+    name = check_group_name(name or source.name)
+    out = Path(out)
+    check_store_or_absent(out)
+    partial = partial_path(out)
+    open_root(partial)
+    attrs = dict(source.attrs) | {
+        "complete": False,
+        "fingerprint": sparse_fingerprint(source.fingerprint, top_k),
+        "sparse": {"top_k": top_k, "dense_fingerprint": source.fingerprint, "fill": FILL_RULE},
+    }
+    group = zarr.open_group(partial, mode="a").create_group(name, overwrite=True,
+                                                              attributes=_canonical(attrs))
+    chunk = max(1, min(block_texts, n_texts))
+    neighbours = create_array(group, NEIGHBOUR_VIDEOS, shape=(n_texts, top_k), chunks=(chunk, top_k), dtype="int32",
+                              fill_value=-1)
+    scores = create_array(group, NEIGHBOUR_SCORES, shape=(n_texts, top_k), chunks=(chunk, top_k), dtype="float16",
+                          fill_value=float("nan"))
+    own = create_array(group, OWN_SCORE, shape=(n_texts,), chunks=(chunk,), dtype="float16", fill_value=float("nan"))
+    rest = create_array(group, REST_MEAN, shape=(n_texts,), chunks=(chunk,), dtype="float16", fill_value=float("nan"))
+    relevance = None
+    if source.has_frame_relevance:
+        relevance = create_array(group, RELEVANCE, shape=(n_texts, source.frames_per_video),
+                                 chunks=(chunk, source.frames_per_video), dtype="float32", fill_value=float("nan"))
+    all_videos = np.arange(n_videos)
+    for start in range(0, n_texts, chunk):
+        rows = np.arange(start, min(start + chunk, n_texts))
+        block = source.similarity_block(rows, all_videos)
+        columns, values = top_k_of_rows(block, top_k)
+        neighbours[rows[0] : rows[-1] + 1] = columns
+        scores[rows[0] : rows[-1] + 1] = values.astype(np.float16)
+        own[rows[0] : rows[-1] + 1] = block[np.arange(len(rows)), source.text_video[rows]].astype(np.float16)
+        finite = np.where(np.isnan(block), 0.0, block.astype(np.float64))
+        rest_count = max(n_videos - top_k, 1)
+        rest_sum = finite.sum(axis=1) - np.where(np.isfinite(values), values, 0.0).sum(axis=1)
+        # every video in the top k: no "rest"; the k-th score is then the natural floor
+        rest[rows[0] : rows[-1] + 1] = np.where(n_videos > top_k, rest_sum / rest_count, values[:, -1]).astype(np.float16)
+        if relevance is not None:
+            relevance[rows[0] : rows[-1] + 1] = source.frame_relevance(rows)
+    write_strings(group, TEXT_IDS, source.text_ids)
+    write_strings(group, VIDEO_IDS, source.video_ids)
+    create_array(group, TEXT_VIDEO, shape=(n_texts,), chunks=(n_texts,), dtype="int32",
+                 fill_value=-1)[...] = source.text_video.astype(np.int32)
+    publish_groups(partial, out, [name])
+    return out / name
+
+
+def _canonical(attrs: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(canonical_json(attrs))
+
+
+def is_sparse(attrs: dict[str, Any]) -> bool:
+    return "sparse" in attrs
+
+
+class SparseGroup(GroupReader):
+    """The dense reader's API over a sparse group (module docstring), plus :meth:`known_mask` and
+    :meth:`neighbours`. Its arrays are small (K per caption) and always read into memory."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        if not is_sparse(self.attrs):
+            raise TeacherCacheError(f"{self.path}: not a sparse teacher cache group")
+        self.top_k: int = self.attrs["sparse"]["top_k"]
+        try:
+            # kept as stored (int32, float16): RAM = the arrays' uncompressed size (bench/sparse.py)
+            self._neighbours = self._read_checked(self.group[NEIGHBOUR_VIDEOS], ...)
+            self._scores = self._read_checked(self.group[NEIGHBOUR_SCORES], ...)
+            self._own = self._read_checked(self.group[OWN_SCORE], ...)
+            self._rest = self._read_checked(self.group[REST_MEAN], ...)
+            if self._relevance is not None:
+                self._relevance = self._read_checked(self._relevance, ...)
+        except (KeyError, OSError) as exc:
+            raise TeacherCacheError(f"{self.path}: cannot read the sparse group's arrays ({exc})") from exc
+
+    def neighbours(self, text_rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(video columns int64 [n, K], scores float32 [n, K]) of each caption's stored top-k."""
+        rows = np.asarray(text_rows, dtype=np.int64)
+        return self._neighbours[rows].astype(np.int64), self._scores[rows].astype(np.float32)
+
+    def known_mask(self, text_rows: Sequence[int] | np.ndarray, video_cols: Sequence[int] | np.ndarray) -> np.ndarray:
+        """bool [n, m]: True where :meth:`similarity_block` returns a stored score, not the fill."""
+        return self._lookup_block(text_rows, video_cols)[1]
+
+    def similarity_block(self, text_rows: Sequence[int] | np.ndarray,
+                         video_cols: Sequence[int] | np.ndarray) -> np.ndarray:
+        """float32 [n, m]: stored scores where known, the mean of the row's scores outside its top k elsewhere."""
+        return self._lookup_block(text_rows, video_cols)[0]
+
+    def _lookup_block(self, text_rows, video_cols) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(text_rows, dtype=np.int64)
+        cols = np.asarray(video_cols, dtype=np.int64)
+        neighbours, scores = self._neighbours[rows], self._scores[rows].astype(np.float32)
+        match = neighbours[:, None, :] == cols[None, :, None]  # [n, m, K]
+        found = match.any(axis=2)
+        values = np.where(found, np.take_along_axis(scores, match.argmax(axis=2), axis=1),
+                          self._rest[rows].astype(np.float32)[:, None])
+        is_own = cols[None, :] == self.text_video[rows][:, None]
+        values = np.where(is_own, self._own[rows][:, None], values)
+        return values.astype(np.float32), found | is_own
+
+    def __repr__(self) -> str:
+        return (f"SparseGroup({self.name!r}, kind={self.kind!r}, {self.layout.n_texts}x{self.layout.n_videos}"
+                f" top-{self.top_k}, fingerprint={self.fingerprint[:12]}, complete={self.complete})")
