@@ -51,8 +51,8 @@ def pretrain_backbone(
 
 def train_teacher(
     teacher: str = typer.Option(
-        ..., "--teacher", help="A name from the `teachers:` params section, or a teacher kind (xpool, xclip, ts2net, "
-        "frame_clip)."),
+        ..., "--teacher", help="A name from the `teachers:` params section, or a trainable teacher kind "
+        "(docs/training.md)."),
     frames: Path = FRAMES_OPTION,
     features: Path = FEATURES_OPTION,
     manifest: Path = MANIFEST_OPTION,
