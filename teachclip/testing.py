@@ -25,6 +25,7 @@ SYNC_CPU = ComputeConfig(scheduler="sync", device="cpu")
 class TinyData:
     manifest: Path  # the demo's manifest directory
     frames: Path  # its frames store
+    fingerprint: str  # the frames fingerprint, as decode reported it
 
 
 def tiny_dataset(root: str | Path, *, videos: int = 12, size: int = 32, seconds: int = 6, fps: int = 2,
@@ -41,10 +42,10 @@ def tiny_dataset(root: str | Path, *, videos: int = 12, size: int = 32, seconds:
     for video in test_videos[len(test_videos) - failed_test:] if failed_test else []:
         video.path.write_bytes(b"not a video")
     frames = root / "frames.zarr"
-    decode(manifest, frames, DecodeConfig(frames_per_video=frames_per_video, size=size,
-                                          videos_per_shard=videos_per_shard, max_failure_fraction=1.0),
-           SYNC_CPU, progress=False)
-    return TinyData(manifest, frames)
+    decoded = decode(manifest, frames, DecodeConfig(frames_per_video=frames_per_video, size=size,
+                                                    videos_per_shard=videos_per_shard, max_failure_fraction=1.0),
+                     SYNC_CPU, progress=False)
+    return TinyData(manifest, frames, decoded.fingerprint)
 
 
 def tiny_teacher_cache(out: str | Path, data: TinyData, teachers: Mapping[str, TeacherConfig],

@@ -4,8 +4,8 @@ When a backbone's image tower does not train (``backbone.freeze_visual: true``, 
 wholly frozen student), its per-frame embeddings are a fixed function of the frames. This stage runs
 the tower once over every video of a frames store and writes a frame-features store
 (:mod:`teachclip.stores.features`): ``features`` float16 [videos, T, d] next to the
-frames store's mask, ids and attributes. Every stage that takes ``--frames`` accepts it instead of the
-pixels (train-teacher, extract-teachers, train-student, evaluate, search) and refuses it unless the
+frames store's mask, ids and attributes. Every stage that reads videos accepts it (``--features``) instead of
+the pixels (train-teacher, extract-teachers, train-student, evaluate, search) and refuses it unless the
 model's tower is frozen and has the recorded ``visual_fingerprint`` — so stale features can never be
 used by a model whose tower changed. On the demo this turns the image tower's cost (the bulk of a
 training step on a CPU) from once per step into once per pipeline.

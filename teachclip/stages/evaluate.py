@@ -19,7 +19,7 @@ from teachclip.core.errors import InputError
 from teachclip.core.files import write_json
 from teachclip.core.manifest import load_manifest
 from teachclip.models.factory import is_retrieval_model, load_model
-from teachclip.models.io import CONFIG_FILE, read_config
+from teachclip.models.io import CONFIG_FILE, CheckpointError, read_config
 from teachclip.stores import open_for_manifest
 from teachclip.training.scoring import evaluate_split, save_similarity
 
@@ -33,12 +33,21 @@ def evaluable_models(paths: Sequence[str | Path]) -> list[Path]:
         if (path / CONFIG_FILE).is_file() or not path.is_dir():
             models.append(path)  # read_config names a missing or bad file
             continue
-        inside = [child for child in sorted(path.iterdir())
-                  if (child / CONFIG_FILE).is_file() and is_retrieval_model(read_config(child)["kind"])]
+        inside = [child for child in sorted(path.iterdir()) if _is_retrieval_model_directory(child)]
         if not inside:
             raise InputError(f"{path}: neither a saved model nor a directory of saved students/teachers")
         models.extend(inside)
     return models
+
+
+def _is_retrieval_model_directory(path: Path) -> bool:
+    """A saved student or teacher (a `teach export` folder, a pretrained backbone ... are not)."""
+    if not (path / CONFIG_FILE).is_file():
+        return False
+    try:
+        return is_retrieval_model(read_config(path)["kind"])
+    except CheckpointError:  # a config.json of another format (an export): not a saved model
+        return False
 
 
 def evaluate(

@@ -299,7 +299,7 @@ def train_student(
     chosen = select_teachers(list(teachers), config.teachers, store.fingerprint, data)
     terms = loss_weights(config, chosen)
     if "fine" in terms and not student_config.afa:
-        raise TrainStudentError("fine teaching supervises AFA's frame weights: use --afa, or --weight-fine 0")
+        raise TrainStudentError("fine teaching supervises AFA's frame weights: set student.afa: true, or train_student.weight_fine: 0")
     evaluate_on = evaluate_config.split if manifest.videos_in(evaluate_config.split) else None
 
     seed_everything(config.seed)  # the initial weights of the new modules

@@ -6,7 +6,7 @@
      "teachers": {name: fingerprint}, "keep": {caption_id: true | false}}
 
 ``train_student.caption_mask`` names the file (or the audit's output directory); flagged captions
-(``keep: false``) are not drawn by the sampler (:func:`teachclip.training.samplers.mask_captions`).
+(``keep: false``) are not drawn by the sampler (:func:`teachclip.training.batches.mask_captions`).
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def download_entry(entry: RemoteEntry, destination: Path) -> None:
 
 def fetch_into(url: str, fingerprint: str, partial: Path, name: str) -> bool:
     """Download the entry ``url/<fingerprint>`` as group ``name`` of the partial store ``partial``
-    (ready for :func:`teachclip.stores.teachers.publish_groups`); False when the remote lacks it."""
+    (ready for :func:`teachclip.stores.teacher_cache.publish.publish_groups`); False when the remote lacks it."""
     entry = find_remote(url, fingerprint)
     if entry is None:
         return False

@@ -18,7 +18,7 @@ unknown video. (The k-th best score, an upper bound of every unknown entry, was 
 the caption's own video is outside its top k, it ranks every unknown negative above the positive and
 teaches the student to retrieve worse than no teacher at all; see reports/distillation.md.)
 ``known_mask(rows, cols)`` says which entries are exact. Training can build batches from the
-neighbourhoods (:func:`teachclip.training.samplers.neighbourhood_batches`), so that more in-batch soft
+neighbourhoods (:func:`teachclip.training.batches.neighbourhood_batches`), so that more in-batch soft
 labels are known.
 
 Disk and memory per caption: ``K * (4 + 2) + 4`` bytes instead of ``2 * videos`` (``bench/sparse.py``).
@@ -73,7 +73,7 @@ def sparsify(group_path: str | Path, out: str | Path, top_k: int, name: str | No
              block_texts: int = 1024) -> Path:
     """Convert one complete dense group into a sparse group ``out/<name>`` (default: the same name),
     reading the dense matrix ``block_texts`` rows at a time. Written in ``<out>.partial`` and published
-    as :mod:`teachclip.stores.teachers` does."""
+    as :mod:`teachclip.stores.teacher_cache.publish` does."""
     source = DenseGroup(group_path, in_memory=False)
     if not source.complete:
         raise TeacherCacheError(f"{source.path}: incomplete teacher cache; finish extract-teachers first")

@@ -115,7 +115,7 @@ def verify_group(path: str | Path) -> GroupCheck:
 
 
 def _sparse_arrays(layout: CacheLayout, top_k: int) -> dict[str, tuple[int, ...]]:
-    """The score arrays of a sparse group (``teachclip.stores.sparse``) and their shapes."""
+    """The score arrays of a sparse group (:mod:`teachclip.stores.teacher_cache.sparse`) and their shapes."""
     return {
         sparse.NEIGHBOUR_VIDEOS: (layout.n_texts, top_k),
         sparse.NEIGHBOUR_SCORES: (layout.n_texts, top_k),
