@@ -103,3 +103,18 @@ def test_teachers_saved_with_the_old_temporal_names_still_load():
     fresh.load_state_dict(legacy, strict=True)
     for key, value in state.items():
         torch.testing.assert_close(fresh.state_dict()[key], value)
+
+
+def test_the_temporal_heads_position_table_is_decayed_clips_embedding_tables_are_not():
+    from teachclip.training.optim import decays
+
+    student = Student(StudentConfig(backbone=MICRO, head="seqTransf", temporal_layers=1))
+    teacher = create_teacher(TeacherConfig(kind="xclip", backbone=MICRO, options={"temporal_layers": 1}))
+    for model in (student, teacher):
+        named = dict(model.named_parameters())
+        assert decays("temporal.frame_position_embeddings.weight", named["temporal.frame_position_embeddings.weight"])
+        for name in ("backbone.clip.token_embedding.weight", "backbone.clip.positional_embedding",
+                     "backbone.clip.visual.positional_embedding"):
+            assert not decays(name, named[name]), name
+        assert decays("backbone.clip.transformer.resblocks.0.attn.in_proj_weight",
+                      named["backbone.clip.transformer.resblocks.0.attn.in_proj_weight"])

@@ -26,10 +26,15 @@ def seed_everything(seed: int) -> None:
 NamedParameters = Sequence[tuple[str, nn.Parameter]]
 
 
+# CLIP's own embedding tables (open_clip's names; any ``*.token_embedding.*`` ... of a model) are not decayed
+UNDECAYED_TABLES = ("token_embedding", "positional_embedding", "class_embedding")
+
+
 def decays(name: str, parameter: nn.Parameter) -> bool:
-    """Weight decay only on weight matrices: biases, norm gains, scalars (logit scale) have ndim < 2,
-    and embedding tables (token, position, class) are named ``*embedding*``."""
-    return parameter.ndim >= 2 and "embedding" not in name.lower()
+    """Weight decay only on weight matrices: biases, norm gains and scalars (logit scale) have
+    ndim < 2, and CLIP's token, position and class embedding tables are left alone. The temporal
+    head's frame position table is decayed like any weight matrix, as in CLIP4Clip and TeachCLIP."""
+    return parameter.ndim >= 2 and not any(table in name for table in UNDECAYED_TABLES)
 
 
 def build_optimizer(
