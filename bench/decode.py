@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import statistics
 import subprocess
-import tempfile
-import time
 from pathlib import Path
+
+from common import Clock, add_workdir_option, emit, interleave, workdir
 
 from teachclip.core.config import ComputeConfig, DecodeConfig, DemoConfig
 from teachclip.core.manifest import write_manifest
@@ -73,20 +72,24 @@ def manifest_files(manifest: Path) -> list[Path]:
     return [video.path for video in load_manifest(manifest).videos]
 
 
+# the work runs in ffmpeg processes and dask workers: elapsed time, not this process's CPU time
+CLOCK = Clock(cpu="wall")
+
+
 def time_full_decode(files: list[Path], binary: str, threads: int | None) -> float:
     extra = ["-threads", str(threads)] if threads else []
-    start = time.perf_counter()
-    for path in files:
-        command = [binary, "-hide_banner", "-loglevel", "error", *extra, "-i", str(path), "-f", "null", "-"]
-        subprocess.run(command, check=True)
-    return time.perf_counter() - start
+
+    def run() -> None:
+        for path in files:
+            command = [binary, "-hide_banner", "-loglevel", "error", *extra, "-i", str(path), "-f", "null", "-"]
+            subprocess.run(command, check=True)
+
+    return CLOCK.time(run)
 
 
 def time_stage(manifest: Path, out: Path, backend: str, compute: ComputeConfig) -> float:
     config = DecodeConfig(backend=backend, max_failure_fraction=0.0)
-    start = time.perf_counter()
-    decode(manifest, out, config, compute, overwrite=True, progress=False)
-    seconds = time.perf_counter() - start
+    seconds = CLOCK.time(lambda: decode(manifest, out, config, compute, overwrite=True, progress=False))
     shutil.rmtree(out)
     return seconds
 
@@ -112,12 +115,7 @@ def bench_dataset(
     for backend in BACKENDS:  # warm-up: worker imports, page cache
         for address in schedulers.values():
             time_stage(manifest, out, backend, ComputeConfig(scheduler=address))
-    runs: dict[str, list[float]] = {name: [] for name in measurements}
-    names = list(measurements)
-    for repeat in range(repeats):
-        shift = repeat % len(names)  # rotate the order so drifting load hits every variant alike
-        for name in names[shift:] + names[:shift]:
-            runs[name].append(measurements[name]())
+    runs = interleave(measurements, repeats)  # the order rotates so drifting load hits every variant alike
 
     def table(estimate) -> dict:
         rates = {name: len(files) / estimate(seconds) for name, seconds in runs.items()}
@@ -137,18 +135,8 @@ def bench_dataset(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--clips", type=int, default=40, help="MSR-VTT-like clips per data set")
-    parser.add_argument("--demo-videos", type=int, default=48, help="demo videos (0: skip the demo set)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=None, help="keep generated videos here")
-    args = parser.parse_args()
-
+def run(root: Path, args: argparse.Namespace) -> dict:
     binary = ffmpeg_binary_path()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-decode-"))
     datasets = {}
     if args.demo_videos:
         datasets["demo"] = lambda d: make_demo(d, args.demo_videos)
@@ -157,23 +145,23 @@ def main() -> None:
 
     manifests = {}
     for name, make in datasets.items():
-        directory = workdir / name
+        directory = root / name
         manifests[name] = directory if (directory / "videos.csv").exists() else make(directory)
 
     schedulers, cluster_start = {}, {}
     with contextlib.ExitStack() as clusters:  # the stage's own LocalCluster set-up, started once
         for workers in WORKER_COUNTS:
-            start = time.perf_counter()
+            start = CLOCK.now()
             client = clusters.enter_context(dask_client(ComputeConfig(workers=workers)))
             schedulers[workers], cluster_start[workers] = (
                 client.scheduler.address,
-                time.perf_counter() - start,
+                CLOCK.now() - start,
             )
         results = {
-            name: bench_dataset(manifest, workdir, binary, args.repeats, schedulers)
+            name: bench_dataset(manifest, root, binary, args.repeats, schedulers)
             for name, manifest in manifests.items()
         }
-    report = {
+    return {
         "cpus": os.cpu_count(),
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "ffmpeg": ffmpeg_version(binary),
@@ -181,9 +169,19 @@ def main() -> None:
         "cluster_start_s": {f"workers{k}": round(v, 2) for k, v in cluster_start.items()},
         "datasets": results,
     }
-    print(json.dumps(report, indent=2))
-    if args.workdir is None:
-        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clips", type=int, default=40, help="MSR-VTT-like clips per data set")
+    parser.add_argument("--demo-videos", type=int, default=48, help="demo videos (0: skip the demo set)")
+    parser.add_argument("--repeats", type=int, default=3)
+    add_workdir_option(parser)
+    args = parser.parse_args()
+    with workdir(args.workdir, "decode") as root:
+        emit(run(root, args))
 
 
 if __name__ == "__main__":

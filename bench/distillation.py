@@ -14,16 +14,18 @@ micro student per (variant, seed) and prints one JSON document of test text-to-v
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
+
+from common import add_workdir_option, emit
 
 from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
-    DecodeConfig,
-    DemoConfig,
     EvaluateConfig,
     ExtractConfig,
     StudentConfig,
@@ -49,11 +51,10 @@ VARIANTS = {
 }
 
 
-def prepare(workdir: Path, videos: int, teacher_epochs: int, audit_top_k: int) -> None:
-    from teachclip.stages.decode import decode
-    from teachclip.stages.demo_data import generate_demo
+def prepare(workdir: Path, videos: int, teacher_epochs: int, audit_top_k: int) -> dict:
     from teachclip.stages.extract_teachers import extract_teachers, resolve_teachers
     from teachclip.stages.train_teacher import train_teacher
+    from teachclip.testing import tiny_dataset
     from teachclip.tools.audit_captions import audit_captions
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -61,8 +62,8 @@ def prepare(workdir: Path, videos: int, teacher_epochs: int, audit_top_k: int) -
     manifest = workdir / "demo"
     teacher = TeacherConfig(kind="xpool", backbone=MICRO)
     if not (workdir / "xpool" / "model.safetensors").exists():  # the slow part: kept across re-runs
-        generate_demo(manifest, DemoConfig(videos=videos, width=32, height=32, seconds=6, fps=2), progress=False)
-        decode(manifest, workdir / "frames.zarr", DecodeConfig(frames_per_video=6, size=32), SYNC, progress=False)
+        # demo/ and frames.zarr in workdir
+        tiny_dataset(workdir, videos=videos, size=32, seconds=6, fps=2, frames_per_video=6)
         train_teacher(teacher, workdir / "frames.zarr", manifest, workdir / "xpool",
                       TrainTeacherConfig(epochs=teacher_epochs, batch_size=32, lr=1e-3, lr_backbone=1e-3),
                       EvaluateConfig(), SYNC, progress=False)
@@ -76,7 +77,7 @@ def prepare(workdir: Path, videos: int, teacher_epochs: int, audit_top_k: int) -
                "flagged": audit.report["flagged"], "captions": audit.report["captions"],
                "seconds": round(time.time() - started, 1)}
     (workdir / "prepare.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
+    return summary
 
 
 def run(workdir: Path, variants: list[str], seeds: list[int], epochs: int, sparse_top_k: int) -> dict:
@@ -108,14 +109,13 @@ def run(workdir: Path, variants: list[str], seeds: list[int], epochs: int, spars
     summary = {name: {metric: round(statistics.mean(r[metric] for r in runs.values()), 2)
                       for metric in ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR")} | {"seeds": len(runs)}
                for name, runs in results.items()}
-    print(json.dumps(summary, indent=1))
     return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("phase", choices=["prepare", "run"])
-    parser.add_argument("--workdir", type=Path, required=True)
+    add_workdir_option(parser, required=True)
     parser.add_argument("--videos", type=int, default=240)
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--audit-top-k", type=int, default=10)
@@ -124,11 +124,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args()
-    if args.phase == "prepare":
-        prepare(args.workdir, args.videos, args.teacher_epochs, args.audit_top_k)
-    else:
-        run(args.workdir, args.variants.split(","), [int(s) for s in args.seeds.split(",")], args.epochs,
-            args.sparse_top_k)
+    with contextlib.redirect_stdout(sys.stderr):  # the stages' notes: stdout is the JSON document alone
+        if args.phase == "prepare":
+            summary = prepare(args.workdir, args.videos, args.teacher_epochs, args.audit_top_k)
+        else:
+            summary = run(args.workdir, args.variants.split(","), [int(s) for s in args.seeds.split(",")],
+                          args.epochs, args.sparse_top_k)
+    emit(summary, indent=1)
 
 
 if __name__ == "__main__":

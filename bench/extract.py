@@ -27,26 +27,23 @@ inflate them; CUDA timings use the synchronised wall clock.
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import statistics
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import Clock, add_common_options, demo_data, emit, torch_setup, workdir
 
 from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
-    DecodeConfig,
-    DemoConfig,
     ExtractConfig,
     StudentConfig,
     TeacherConfig,
     TrainStudentConfig,
 )
-from teachclip.core.device import autocast, pick_device
+from teachclip.core.device import autocast
 from teachclip.core.manifest import load_manifest
 from teachclip.stores.frames import FramesStore
 from teachclip.stores.teacher_cache import open_teacher_caches
@@ -56,42 +53,30 @@ from teachclip.stores.teacher_cache.schema import SIMILARITY, identity_from_attr
 from teachclip.stores.zarr_io import partial_path, tree_bytes
 
 
-def build_inputs(workdir: Path, args: argparse.Namespace) -> tuple[Path, Path, Path]:
+def build_inputs(root: Path, args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """Demo videos of ``--size`` px (12 s at 4 fps) decoded to ``--frames`` frames, and a seeded,
+    saved ``--teacher`` of ``--backbone``; both reused from an earlier run in ``--workdir``."""
     from teachclip.models.factory import create_teacher, save_teacher
-    from teachclip.stages.decode import decode
-    from teachclip.stages.demo_data import generate_demo
 
-    manifest, frames, checkpoint = workdir / "demo", workdir / "frames.zarr", workdir / "teacher"
-    if not (manifest / "captions.csv").exists():
-        generate_demo(manifest, DemoConfig(videos=args.videos, width=args.size, height=args.size), progress=False)
-    decode(manifest, frames, DecodeConfig(frames_per_video=args.frames, size=args.size),
-           ComputeConfig(scheduler="sync"), progress=False)
+    data, _ = demo_data(root, videos=args.videos, size=args.size, seconds=12, fps=4, frames_per_video=args.frames)
+    checkpoint = root / "teacher"
     if not (checkpoint / "model.safetensors").exists():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             teacher = create_teacher(TeacherConfig(kind=args.teacher, backbone=BackboneConfig(name=args.backbone)))
         save_teacher(teacher, checkpoint)
-    return manifest, frames, checkpoint
-
-
-def clock(device: torch.device):
-    if device.type == "cuda":
-        def wall() -> float:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return wall
-    return time.process_time
+    return data.manifest, data.frames, checkpoint
 
 
 def blocked_extraction(manifest: Path, frames: Path, checkpoint: Path, out: Path, device: torch.device) -> dict:
     from teachclip.stages.extract_teachers import extract_teachers, resolve_teachers
 
     requests = resolve_teachers([f"bench={checkpoint}"], {})
-    tick = clock(device)
-    start = tick()
+    clock = Clock(device)
+    start = clock.now()
     report = extract_teachers(frames, manifest, out, requests, ExtractConfig(),
                               ComputeConfig(scheduler="sync", device=str(device)), progress=False)
-    seconds = tick() - start
+    seconds = clock.now() - start
     entry = report.teachers[0]
     pairs = entry.n_texts * entry.n_videos
     return {"texts": entry.n_texts, "videos": entry.n_videos, "pairs": pairs,
@@ -117,16 +102,17 @@ def naive_pairs(manifest_dir: Path, frames_path: Path, checkpoint: Path, group: 
         videos[col] = {"frames": torch.from_numpy(frames), "mask": torch.from_numpy(mask),
                        "video_ids": [group.video_ids[col]]}
     amp = teacher.config.backbone.precision == "amp" if hasattr(teacher, "config") else False
-    tick = clock(device)
     scores = np.empty((len(rows), len(cols)), np.float32)
-    start = tick()
-    with torch.inference_mode(), autocast(device, amp):
-        for i, row in enumerate(rows):
-            caption = captions[group.text_ids[row]]
-            texts = teacher.text_batch([caption.text], [caption.caption_id], [caption.video_id])
-            for j, col in enumerate(cols):
-                scores[i, j] = float(teacher.similarity(texts, videos[col]).float().cpu()[0, 0])
-    seconds = tick() - start
+
+    def score_every_pair() -> None:
+        with torch.inference_mode(), autocast(device, amp):
+            for i, row in enumerate(rows):
+                caption = captions[group.text_ids[row]]
+                texts = teacher.text_batch([caption.text], [caption.caption_id], [caption.video_id])
+                for j, col in enumerate(cols):
+                    scores[i, j] = float(teacher.similarity(texts, videos[col]).float().cpu()[0, 0])
+
+    seconds = Clock(device).time(score_every_pair)
     cached = group.similarity_block(rows, cols)
     return {"pairs": len(rows) * len(cols), "pairs_per_s": len(rows) * len(cols) / seconds,
             "max_abs_difference_to_cache": float(np.abs(cached - scores).max())}
@@ -162,14 +148,17 @@ def read_rate(group: DenseGroup, batch_size: int, batches: int) -> dict:
         by_video.setdefault(int(col), []).append(row)
     videos = np.asarray(sorted(by_video))
     size = min(batch_size, len(videos))
+    clock = Clock()  # the reads run on the CPU: process CPU time
     times = []
     for _ in range(batches):
         chosen = rng.choice(videos, size=size, replace=False)
         rows = np.asarray([rng.choice(by_video[int(v)]) for v in chosen])
-        start = time.process_time()
-        group.similarity_block(rows, chosen)
-        group.frame_relevance(rows)
-        times.append(time.process_time() - start)
+
+        def read(rows=rows, chosen=chosen) -> None:
+            group.similarity_block(rows, chosen)
+            group.frame_relevance(rows)
+
+        times.append(clock.time(read))
     seconds = statistics.median(times)
     return {"batch_size": size, "batches_per_s": 1 / max(seconds, 1e-9), "median_batch_s": seconds,
             "in_memory": group.in_memory}
@@ -199,53 +188,28 @@ def student_step_seconds(manifest_dir: Path, frames_path: Path, batch_size: int,
                                 config.weight_decay)
     tokens = student.tokenize([data.texts[i] for i in batch.captions]).to(device)
     amp = backbone.precision == "amp"
-    tick = clock(device)
-    times = []
-    for repeat in range(args.student_steps + 1):
-        start = tick()
+
+    def step() -> None:
         with autocast(device, amp):
             outputs = step_module(mask, tokens=tokens, frames=frames)
         losses = batch_losses(outputs, SoftLabels([], []), {"nce": 1.0}, config, [len(batch.videos)])
         losses["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if repeat:  # the first step warms up
-            times.append(tick() - start)
-    return statistics.median(times)
+
+    return statistics.median(Clock(device).repeat(step, args.student_steps, warmup=1))  # the first step warms up
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=48)
-    parser.add_argument("--frames", type=int, default=12)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--teacher", default="xpool")
-    parser.add_argument("--backbone", default="teachclip-tiny")
-    parser.add_argument("--naive-pairs", type=int, default=36)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--read-batches", type=int, default=30)
-    parser.add_argument("--student-steps", type=int, default=3)
-    parser.add_argument("--large-texts", type=int, default=4096)
-    parser.add_argument("--large-videos", type=int, default=9000)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-extract-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    manifest, frames, checkpoint = build_inputs(workdir, args)
+def measure(root: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    manifest, frames, checkpoint = build_inputs(root, args)
 
-    out = workdir / "teachers.zarr"
-    import shutil
-
+    out = root / "teachers.zarr"
     shutil.rmtree(out, ignore_errors=True)
     blocked = blocked_extraction(manifest, frames, checkpoint, out, device)
     group = open_teacher_caches(out / "bench", in_memory=True)[0]
     naive = naive_pairs(manifest, frames, checkpoint, group, args.naive_pairs, device)
 
-    large = large_synthetic(group, workdir, args.large_texts, args.large_videos)
+    large = large_synthetic(group, root, args.large_texts, args.large_videos)
     large_layout = open_teacher_caches(large, in_memory=False)[0].layout
     bytes_demo = tree_bytes(out / "bench" / SIMILARITY) / (blocked["pairs"])
     bytes_large = tree_bytes(large / SIMILARITY) / (args.large_texts * args.large_videos)
@@ -261,10 +225,10 @@ def main() -> None:
     consumed = 1 / step
     for entry in reads.values():
         entry["ratio_to_student_steps"] = entry["batches_per_s"] / consumed
-    result = {
+    return {
         "benchmark": "teacher cache: blocked vs naive scoring, bytes per entry, soft-label read rate",
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "clock": "process CPU time" if device.type == "cpu" else "wall clock (synchronised)",
+        "clock": Clock(device).description,
         "threads": torch.get_num_threads(),
         "teacher": {"kind": args.teacher, "backbone": args.backbone, "frames": args.frames, "size": args.size},
         "pairs_per_s": {
@@ -290,7 +254,26 @@ def main() -> None:
         "read_goal_ratio_min": 10.0,
         "meets_read_goal": {name: entry["ratio_to_student_steps"] >= 10 for name, entry in reads.items()},
     }
-    print(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=48)
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--teacher", default="xpool")
+    parser.add_argument("--backbone", default="teachclip-tiny")
+    parser.add_argument("--naive-pairs", type=int, default=36)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--read-batches", type=int, default=30)
+    parser.add_argument("--student-steps", type=int, default=3)
+    parser.add_argument("--large-texts", type=int, default=4096)
+    parser.add_argument("--large-videos", type=int, default=9000)
+    add_common_options(parser, device="auto", threads=1)
+    args = parser.parse_args()
+    device = torch_setup(args)
+    with workdir(args.workdir, "extract") as root:
+        emit(measure(root, args, device), device)
 
 
 if __name__ == "__main__":

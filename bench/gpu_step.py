@@ -23,18 +23,16 @@ earlier ones). Times are wall clock, after ``--warmup`` untimed repetitions, CUD
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import resource
 import sys
-import time
 from typing import Any
 
 import numpy as np
 import torch
+from common import Clock, add_device_option, add_threads_option, device_name, emit, torch_setup
 
 from teachclip.core.config import StudentConfig, TeacherConfig, TrainStudentConfig
-from teachclip.core.device import autocast, grad_scaler, pick_device
+from teachclip.core.device import autocast, grad_scaler
 from teachclip.models.scorer import cat_features, slice_features
 from teachclip.models.student import Student
 from teachclip.models.teachers import TEACHERS
@@ -55,11 +53,6 @@ OFFICIAL_OPTIONS = {
 MSRVTT_9K_TEXTS, MSRVTT_9K_VIDEOS = 180_000, 9_000
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -73,16 +66,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def timed(fn, device: torch.device, warmup: int, repeats: int) -> tuple[float, Any]:
-    """Seconds per call (mean over ``repeats`` after ``warmup`` calls) and the last result."""
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        result = fn()
-    sync(device)
-    return (time.perf_counter() - start) / max(1, repeats), result
+    """Seconds per call (mean over ``repeats`` after ``warmup`` calls; wall clock, CUDA synchronised)
+    and the last result."""
+    return Clock(device, cpu="wall").mean(fn, repeats, warmup)
 
 
 def random_captions(count: int, generator: np.random.Generator) -> list[str]:
@@ -214,7 +200,7 @@ def extraction_block(args, kind: str, device: torch.device) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:1, cpu")
+    add_device_option(parser, "auto")
     parser.add_argument("--small", action="store_true", help="tiny models and sizes: a CPU smoke test in seconds")
     parser.add_argument("--model", default=None, help="open_clip model (default ViT-B-32-quickgelu; --small: teachclip-micro)")
     parser.add_argument("--batch", type=int, default=None, help="student global batch (default 120; --small 8)")
@@ -228,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 on CUDA (default: autocast)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default 3; --small 1)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_option(parser, None)
     args = parser.parse_args(argv)
     small = {"model": "teachclip-micro", "batch": 8, "frames": 4, "videos": 6, "block_texts": 12, "encode_batch": 4,
              "repeats": 1}
@@ -237,12 +223,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key, value in (small if args.small else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = torch_setup(args)
     report: dict[str, Any] = {
         "bench": "gpu_step", "device": str(device), "small": args.small,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": device_name(device), "clock": Clock(device, cpu="wall").description,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "peak_memory": "torch.cuda.max_memory_allocated per phase" if device.type == "cuda"
         else "process peak RSS so far (cumulative)",
@@ -252,8 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["extraction_block"] = {}
     for kind in filter(None, (name.strip() for name in args.teachers.split(","))):
         report["extraction_block"][kind] = extraction_block(args, kind, device)
-    print(json.dumps(report, indent=2))
-    return report
+    return emit(report, device)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ weights: latency does not depend on them) saved and indexed by ``teach search in
 collection size the real vectors / frame features are tiled (latency depends on the sizes only).
 Measured at every size, in one run, interleaved:
 
-- ``student_scan``: :meth:`SearchIndex.top_k` (one matrix-vector product + top-10) over the index held
+- ``student_scan``: :meth:`Searcher.top_k` (one matrix-vector product + top-10) over the index held
   in memory, float32 and float16;
 - ``bare_matvec``: ``torch.mv`` of a random matrix of the same shape and dtype (no top-k);
 - ``teacher_scan``: X-Pool's ``score`` of the query against every video's precomputed frame features
@@ -29,29 +29,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import Clock, add_common_options, demo_data, emit, interleave, torch_setup, workdir
 
-from teachclip.core.config import (
-    BackboneConfig,
-    ComputeConfig,
-    DecodeConfig,
-    DemoConfig,
-    StudentConfig,
-    TeacherConfig,
-)
-from teachclip.core.device import pick_device
+from teachclip.core.config import BackboneConfig, StudentConfig, TeacherConfig
 from teachclip.models.factory import create_teacher
 from teachclip.models.io import save_model
 from teachclip.models.student import Student
 from teachclip.stores.frames import FramesStore
-from teachclip.stores.search_index import SearchIndex
 from teachclip.tools.search import Searcher, build_index
 
 TOP_K = 10
@@ -60,41 +49,22 @@ GOAL_SIZE = 100_000
 QUERY = "a small red square moves to the left"
 
 
-def build_data(workdir: Path, videos: int, backbone: BackboneConfig) -> tuple[Path, Path]:
-    from teachclip.stages.decode import decode
-    from teachclip.stages.demo_data import generate_demo
-
-    manifest, frames, model = workdir / "demo", workdir / "frames.zarr", workdir / "student"
-    if not (manifest / "captions.csv").exists():
-        generate_demo(manifest, DemoConfig(videos=videos, width=64, height=64), progress=False)
-    decode(manifest, frames, DecodeConfig(frames_per_video=12, size=64), ComputeConfig(scheduler="sync"),
-           progress=False)
+def build_data(root: Path, videos: int, backbone: BackboneConfig) -> tuple[Path, Path]:
+    """Demo videos of 64 px (12 s at 4 fps) decoded to 12 frames (reused from an earlier run in
+    ``--workdir``) and a student of ``backbone`` with seeded random weights."""
+    data, _ = demo_data(root, videos=videos, size=64, seconds=12, fps=4, frames_per_video=12)
+    model = root / "student"
     torch.manual_seed(0)
     config = StudentConfig(backbone=backbone, head="meanP", afa=True)
     save_model(model, Student(config), "student", config)
-    return frames, model
-
-
-def timer(device: torch.device):
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
-
-    def timed(function) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = clock()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return clock() - start
-
-    return timed
+    return data.frames, model
 
 
 def tile(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return tensor.repeat((rows + len(tensor) - 1) // len(tensor), *([1] * (tensor.dim() - 1)))[:rows].contiguous()
 
 
-def measure(size, base_index, query_vector, teacher, text_features, video_features, timed, repeats,
+def measure(size, base_index, query_vector, teacher, text_features, video_features, clock: Clock, repeats,
             with_teacher: bool) -> dict[str, list[float]]:
     """Latencies at one collection size (seconds per query, ``repeats`` each), the kinds of scan
     interleaved round by round; the teacher only ``with_teacher``."""
@@ -124,43 +94,26 @@ def measure(size, base_index, query_vector, teacher, text_features, video_featur
     }
     if with_teacher:
         scans["teacher_scan"] = teacher_scan
-    measurements: dict[str, list[float]] = {name: [] for name in scans}
-    for round_index in range(repeats + 1):  # round 0 is a warm-up
-        for name, scan in scans.items():
-            seconds = timed(scan)
-            if round_index > 0:
-                measurements[name].append(seconds)
-    return measurements
+    # one warm-up round, then ``repeats`` rounds in a fixed order
+    return interleave({name: lambda scan=scan: clock.time(scan) for name, scan in scans.items()}, repeats,
+                      warmup=1, rotate=False)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--videos", type=int, default=48, help="real demo videos, tiled up to each size")
-    parser.add_argument("--backbone", default="teachclip-tiny")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--teacher-max-size", type=int, default=10_000,
-                        help="largest size the teacher is timed at; larger sizes extrapolate linearly (memory)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    timed = timer(device)
+def run(root: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    clock = Clock(device)
     backbone = BackboneConfig(name=args.backbone, precision="fp32")
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    frames_path, model_dir = build_data(workdir, args.videos, backbone)
+    frames_path, model_dir = build_data(root, args.videos, backbone)
 
     # the student: the real index of the real videos, and its text side
     for dtype in ("float32", "float16"):
-        build_index(model_dir, frames_path, workdir / f"index-{dtype}.zarr", dtype=dtype, device=str(device),
+        build_index(model_dir, frames_path, root / f"index-{dtype}.zarr", dtype=dtype, device=str(device),
                     progress=False)
-    searcher = Searcher(workdir / "index-float32.zarr", model_dir, device=str(device))
-    base_index = {dtype: SearchIndex(workdir / f"index-{dtype}.zarr", device) for dtype in ("float32", "float16")}
+    # the index in memory and its scan: Searcher.top_k (``embeddings @ query`` + top-k)
+    base_index = {dtype: Searcher(root / f"index-{dtype}.zarr", model_dir, device=str(device))
+                  for dtype in ("float32", "float16")}
+    searcher = base_index["float32"]
     query_vector = searcher.encode([QUERY])[0]
-    student_text_s = statistics.median(timed(lambda: searcher.encode([QUERY])) for _ in range(args.repeats))
+    student_text_s = statistics.median(clock.repeat(lambda: searcher.encode([QUERY]), args.repeats))
 
     # the teacher: frame features of the same videos, encoded once
     torch.manual_seed(0)
@@ -173,13 +126,13 @@ def main() -> None:
         text_batch = teacher.text_batch([QUERY], ["q"], [""])
         text_batch["tokens"] = text_batch["tokens"].to(device)
         text_features = teacher.encode_texts(text_batch)
-        teacher_text_s = statistics.median(timed(lambda: teacher.encode_texts(text_batch)) for _ in range(args.repeats))
+        teacher_text_s = statistics.median(clock.repeat(lambda: teacher.encode_texts(text_batch), args.repeats))
 
     sizes = [int(s) for s in args.sizes.split(",")]
     results, teacher_measured = [], None  # (size, median seconds) of the largest measured teacher scan
     for size in sizes:
         with_teacher = size <= args.teacher_max_size
-        measurements = measure(size, base_index, query_vector, teacher, text_features, video_features, timed,
+        measurements = measure(size, base_index, query_vector, teacher, text_features, video_features, clock,
                                args.repeats, with_teacher)
         median = {name: statistics.median(values) for name, values in measurements.items()}
         if with_teacher:
@@ -203,10 +156,10 @@ def main() -> None:
 
     at_goal = next((r for r in results if r["videos"] == GOAL_SIZE), results[-1])
     best_dtype = "float16" if at_goal["ratio_teacher_over_student_float16"] >= at_goal["ratio_teacher_over_student_float32"] else "float32"
-    result = {
+    return {
         "benchmark": "query latency: student index vs X-Pool teacher vs bare matrix-vector product",
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "clock": "process CPU time" if device.type == "cpu" else "wall clock (synchronised)",
+        "clock": clock.description,
         "threads": torch.get_num_threads(),
         "backbone": args.backbone,
         "embed_dim": len(query_vector),
@@ -226,7 +179,21 @@ def main() -> None:
         "meets_bare_goal": all(max(r["ratio_student_over_bare_float32"], r["ratio_student_over_bare_float16"]) <= 2.0
                                for r in results),
     }
-    print(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--videos", type=int, default=48, help="real demo videos, tiled up to each size")
+    parser.add_argument("--backbone", default="teachclip-tiny")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--teacher-max-size", type=int, default=10_000,
+                        help="largest size the teacher is timed at; larger sizes extrapolate linearly (memory)")
+    add_common_options(parser, device="cpu", threads=1)
+    args = parser.parse_args()
+    device = torch_setup(args)
+    with workdir(args.workdir, "retrieval") as root:
+        emit(run(root, args, device), device)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,10 @@ Two sources, both printed as one JSON document:
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from common import Clock, add_workdir_option, emit, workdir
 
 from teachclip.stores.teacher_cache.dense import create_group, write_block
 from teachclip.stores.teacher_cache.publish import mark_group_complete
@@ -39,7 +37,6 @@ from teachclip.stores.zarr_io import tree_bytes
 GIB = 1 << 30
 
 
-
 def dense_bytes(captions: int, videos: int) -> int:
     return 2 * captions * videos  # float16
 
@@ -47,7 +44,8 @@ def dense_bytes(captions: int, videos: int) -> int:
 def sparse_bytes(captions: int, top_k: int) -> int:
     return captions * (top_k * (4 + 2) + 4)  # int32 column + float16 score per neighbour; own score, rest mean
 
-def measure(workdir: Path, captions: int, videos: int, top_k: int) -> dict:
+
+def measure(root: Path, captions: int, videos: int, top_k: int) -> dict:
     rng = np.random.default_rng(0)
     # cosine-like scores: a shared per-video offset plus noise, the own video a little higher
     similarity = (0.2 + 0.05 * rng.standard_normal(videos)[None] + 0.05 * rng.standard_normal((captions, videos)))
@@ -58,20 +56,18 @@ def measure(workdir: Path, captions: int, videos: int, top_k: int) -> dict:
                                      frames_fingerprint="bench", manifest_fingerprint="bench")
     layout = plan_layout(captions, videos, 12, block_texts=512, chunk_texts=32, block_videos=None,
                                memory_budget_mb=1024)
-    store = workdir / "dense.zarr"
+    store = root / "dense.zarr"
     create_group(store, "t", identity, layout, [f"c{i:09d}" for i in range(captions)],
                        [f"v{i:09d}" for i in range(videos)], own)
     for block in range(layout.n_blocks):
         start, stop = layout.block_rows(block)
         write_block(store / "t", block, similarity[start:stop].astype(np.float32), None)
     mark_group_complete(store / "t")
-    started = time.perf_counter()
-    sparsify(store / "t", workdir / "sparse.zarr", top_k=top_k)
-    seconds = time.perf_counter() - started
+    seconds = Clock(cpu="wall").time(lambda: sparsify(store / "t", root / "sparse.zarr", top_k=top_k))
     return {
         "captions": captions, "videos": videos,
         "dense_similarity_disk_bytes": tree_bytes(store / "t" / SIMILARITY),
-        "sparse_disk_bytes": sum(tree_bytes(workdir / "sparse.zarr" / "t" / name)
+        "sparse_disk_bytes": sum(tree_bytes(root / "sparse.zarr" / "t" / name)
                                  for name in ("neighbour_videos", "neighbour_scores", "own_score", "rest_mean")),
         "sparsify_seconds": round(seconds, 3),
     }
@@ -84,11 +80,11 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=32)
     parser.add_argument("--measure-captions", type=int, default=2048)
     parser.add_argument("--measure-videos", type=int, default=1024)
-    parser.add_argument("--workdir", type=Path, default=None)
+    add_workdir_option(parser)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as scratch:
-        measured = measure(args.workdir or Path(scratch), args.measure_captions, args.measure_videos, args.top_k)
+    with workdir(args.workdir, "sparse") as root:
+        measured = measure(root, args.measure_captions, args.measure_videos, args.top_k)
     dense_per_element = measured["dense_similarity_disk_bytes"] / (measured["captions"] * measured["videos"])
     sparse_per_caption = measured["sparse_disk_bytes"] / measured["captions"]
     dense_total, sparse_total = dense_bytes(args.captions, args.videos), sparse_bytes(args.captions, args.top_k)
@@ -110,7 +106,7 @@ def main() -> None:
                 * args.videos / measured["videos"] / 3600, 1),
         },
     }
-    print(json.dumps(document, indent=1))
+    emit(document, indent=1)
 
 
 if __name__ == "__main__":

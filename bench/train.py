@@ -25,25 +25,19 @@ synchronisation. Prints one JSON document. Goals (issue 5): cached / none <= 1.0
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import tempfile
-import time
 from pathlib import Path
 
 import torch
+from common import Clock, add_common_options, demo_data, emit, interleave, torch_setup, workdir
 
 from teachclip.core.config import (
     BackboneConfig,
-    ComputeConfig,
-    DecodeConfig,
-    DemoConfig,
-    ExtractConfig,
     StudentConfig,
     TeacherConfig,
     TrainStudentConfig,
 )
-from teachclip.core.device import autocast, pick_device
+from teachclip.core.device import autocast
 from teachclip.core.manifest import load_manifest
 from teachclip.models.factory import create_teacher
 from teachclip.models.student import Student
@@ -63,42 +57,21 @@ MODES = ("none", "cached", "online")
 TEACHER_OPTIONS = {"ts2net": {"topk": 3}, "xclip": {}, "xpool": {}, "frame_clip": {}}
 
 
-def build_data(workdir: Path, videos: int, backbone: BackboneConfig, kinds: list[str]) -> tuple[Path, Path, Path]:
-    from teachclip.stages.decode import decode
-    from teachclip.stages.demo_data import generate_demo
-    from teachclip.stages.extract_teachers import TeacherRequest, extract_teachers
-
-    compute = ComputeConfig(scheduler="sync", device="cpu")
-    manifest, frames, caches = workdir / "demo", workdir / "frames.zarr", workdir / "teachers.zarr"
-    if not (manifest / "captions.csv").exists():
-        generate_demo(manifest, DemoConfig(videos=videos, width=64, height=64, test_fraction=0.25), progress=False)
-    decode(manifest, frames, DecodeConfig(frames_per_video=12, size=64), compute, progress=False)
-    requests = [TeacherRequest(kind, TeacherConfig(kind=kind, backbone=backbone, options=TEACHER_OPTIONS[kind]))
-                for kind in kinds]
-    extract_teachers(frames, manifest, caches, requests, ExtractConfig(), compute, progress=False)
-    return manifest, frames, caches
+def build_data(root: Path, videos: int, backbone: BackboneConfig, kinds: list[str]) -> tuple[Path, Path, Path]:
+    """Demo videos of 64 px (12 s at 4 fps, a quarter test) decoded to 12 frames and a cache of the
+    untrained (seeded) teachers ``kinds``; reused from an earlier run in ``--workdir``."""
+    teachers = {kind: TeacherConfig(kind=kind, backbone=backbone, options=TEACHER_OPTIONS[kind]) for kind in kinds}
+    data, caches = demo_data(root, teachers, videos=videos, size=64, seconds=12, fps=4, test_fraction=0.25,
+                             frames_per_video=12)
+    return data.manifest, data.frames, caches
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per mode (after one warm-up step)")
-    parser.add_argument("--teachers", default="xpool,xclip,ts2net")
-    parser.add_argument("--student", default="teachclip-tiny")
-    parser.add_argument("--teacher-backbone", default=None, help="open_clip model of the teachers (default: --student)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+def run(root: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    clock = Clock(device)
     backbone = BackboneConfig(name=args.student, precision="amp")
     teacher_backbone = BackboneConfig(name=args.teacher_backbone or args.student, precision="amp")
     kinds = args.teachers.split(",")
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-train-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    manifest_dir, frames_path, caches = build_data(workdir, args.videos, teacher_backbone, kinds)
+    manifest_dir, frames_path, caches = build_data(root, args.videos, teacher_backbone, kinds)
 
     manifest = load_manifest(manifest_dir)
     store = FramesStore.open(frames_path)
@@ -132,11 +105,11 @@ def main() -> None:
         return SoftLabels(similarities, relevances)
 
     def time_modes(freeze_backbone: bool) -> dict[str, list[float]]:
-        """Seconds per step of each mode, for a student whose backbone is trained or frozen (frozen:
-        text vectors and per-frame features precomputed, as train-student does)."""
+        """Seconds per step of each mode, for a student whose backbone is trained or frozen (both
+        towers frozen: text vectors and per-frame features precomputed, as train-student does)."""
         torch.manual_seed(0)
-        student = Student(StudentConfig(backbone=backbone, head="meanP", afa=True,
-                                        freeze_backbone=freeze_backbone)).to(device)
+        towers = backbone.model_copy(update={"freeze_text": freeze_backbone, "freeze_visual": freeze_backbone})
+        student = Student(StudentConfig(backbone=towers, head="meanP", afa=True)).to(device)
         step_module = StudentStep(student)
         names = {id(p): n for n, p in student.named_parameters()}
         optimizer = build_optimizer({g: [(names[id(p)], p) for p in ps] for g, ps in student.param_groups().items()},
@@ -149,11 +122,7 @@ def main() -> None:
         else:
             inputs = {"tokens": tokens, "frames": frames}
 
-        def step(mode: str) -> float:
-            clock = time.perf_counter if device.type == "cuda" else time.process_time
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = clock()
+        def step(mode: str) -> None:
             if mode == "none":
                 labels = SoftLabels([], [])
             elif mode == "cached":
@@ -167,17 +136,10 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return clock() - start
 
-        for mode in MODES:
-            step(mode)  # warm-up
-        times: dict[str, list[float]] = {mode: [] for mode in MODES}
-        for repeat in range(args.steps):
-            for mode in MODES[repeat % 3:] + MODES[: repeat % 3]:  # rotate the order
-                times[mode].append(step(mode))
-        return times
+        # one warm-up step of each mode, then the modes in turn, their order rotating
+        return interleave({mode: lambda mode=mode: clock.time(lambda: step(mode)) for mode in MODES}, args.steps,
+                          warmup=1)
 
     scenarios = {}
     for name, frozen in (("backbone_trained", False), ("backbone_frozen", True)):
@@ -194,10 +156,10 @@ def main() -> None:
             "ratio_online_over_cached_min": best["online"] / best["cached"],
         }
     main_scenario = scenarios["backbone_trained"]
-    result = {
+    return {
         "benchmark": "student training step: no teaching vs cached teaching vs online teaching",
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "clock": "process CPU time" if device.type == "cpu" else "wall clock (synchronised)",
+        "clock": clock.description,
         "threads": torch.get_num_threads(),
         "student": {"backbone": args.student, "head": "meanP", "afa": True},
         "teachers": kinds,
@@ -216,7 +178,21 @@ def main() -> None:
         "meets_cached_goal": main_scenario["ratio_cached_over_none"] <= 1.05,
         "meets_online_goal": main_scenario["ratio_online_over_cached"] >= 3.0,
     }
-    print(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per mode (after one warm-up step)")
+    parser.add_argument("--teachers", default="xpool,xclip,ts2net")
+    parser.add_argument("--student", default="teachclip-tiny")
+    parser.add_argument("--teacher-backbone", default=None, help="open_clip model of the teachers (default: --student)")
+    add_common_options(parser, device="cpu", threads=1)
+    args = parser.parse_args()
+    device = torch_setup(args)
+    with workdir(args.workdir, "train") as root:
+        emit(run(root, args, device), device)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,3 +24,22 @@ def known_fraction(group, rows: np.ndarray, cols: np.ndarray, batches) -> float:
     known = sum(group.known_mask(rows[b.captions], cols[b.videos]).sum() for b in batches)
     total = sum(len(b.videos) ** 2 for b in batches)
     return float(known / max(total, 1))
+
+
+def read_rows(out: str | Path) -> list[dict[str, str]]:
+    """The rows of a training run's ``metrics.tsv`` (one dict per epoch, values as written)."""
+    lines = (Path(out) / "metrics.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+
+
+def make_video(path: Path, *args: str, size: str = "64x48", rate: int = 10, seconds: float = 3) -> Path:
+    """Encode ffmpeg's moving test pattern (every frame differs) with the ffmpeg binary teachclip uses;
+    ``args`` go between input and output."""
+    from teachclip.video import ffmpeg_binary_path
+
+    source = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}", "-t", str(seconds)]
+    subprocess.run(
+        [ffmpeg_binary_path(), "-hide_banner", "-loglevel", "error", "-y", *source, *args, str(path)], check=True
+    )
+    return path

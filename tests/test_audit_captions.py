@@ -4,6 +4,7 @@ captions, and the caption mask honoured by train-student's sampler."""
 import csv
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +15,6 @@ from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
-    DemoConfig,
     EvaluateConfig,
     StudentConfig,
     TrainStudentConfig,
@@ -175,15 +175,16 @@ def content_similarity(caption_texts, video_objects):
 
 
 @pytest.fixture(scope="module")
-def noisy_demo(tmp_path_factory):
+def noisy_demo(tiny_data, tmp_path_factory):
     """16 train videos x 4 captions; the first captions of 5 pairs of videos swapped (10 noisy captions);
-    frames decoded; a content teacher's cache over the corrupted captions."""
+    frames decoded; a content teacher's cache over the corrupted captions. The manifest is rewritten,
+    so this module works on its own copy of the shared demo (tests/conftest.py) and decodes it again
+    (the frames store records the manifest it was decoded from)."""
     from teachclip.stages.decode import decode
-    from teachclip.stages.demo_data import generate_demo
 
     root = tmp_path_factory.mktemp("noisy-demo")
-    manifest_dir = generate_demo(root / "demo", DemoConfig(videos=20, width=32, height=32, seconds=6, fps=2,
-                                                           test_fraction=0.2), progress=False)
+    manifest_dir = root / "demo"
+    shutil.copytree(tiny_data(videos=20, test_fraction=0.2).manifest, manifest_dir)
     manifest = load_manifest(manifest_dir)
     by_video = manifest.captions_by_video("train")
     train_videos = sorted(by_video)

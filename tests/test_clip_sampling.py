@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_video import make_video
+from helpers import make_video
 
 from teachclip.core.config import ComputeConfig, DecodeConfig
 from teachclip.core.manifest import write_manifest

@@ -77,10 +77,8 @@ def torchrun(arguments, timeout=TORCHRUN_TIMEOUT_S):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from test_train_student import build_student_data
-
-    return build_student_data(tmp_path_factory.mktemp("ddp-data"))
+def data(student_data):
+    return student_data  # the shared student data of tests/conftest.py (read-only)
 
 
 def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(data, tmp_path):
@@ -120,8 +118,8 @@ evaluate: {batch_videos: 4}
 
 @pytest.mark.slow
 def test_torchrun_train_student_matches_one_process(data, tmp_path):
+    from helpers import read_rows
     from safetensors.torch import load_file
-    from test_train_student import read_rows
     from typer.testing import CliRunner
 
     from teachclip.cli import app

@@ -345,13 +345,13 @@ def test_one_and_two_dask_workers_write_identical_bytes(tmp_path, good_manifest)
 # ---- the demo data set --------------------------------------------------------------------------
 
 
-def test_decode_of_the_demo_data(tmp_path):
-    from teachclip.stages.demo_data import generate_demo
-
-    demo = generate_demo(tmp_path / "demo", DemoConfig(videos=6), progress=False)
+def test_decode_of_the_demo_data(tiny_data):
     config = DecodeConfig(size=32)  # T = 12 at 1 frame/s, as the default
-    result = decode(demo, tmp_path / "frames.zarr", config, SYNC, progress=False)
-    store = FramesStore.open(tmp_path / "frames.zarr")
+    # 6 demo videos of the default length decoded with ``config`` (tests/conftest.py; read-only)
+    data = tiny_data(videos=6, seconds=DemoConfig().seconds, fps=DemoConfig().fps, size=config.size,
+                     frames_per_video=config.frames_per_video)
+    demo = data.manifest
+    store = FramesStore.open(data.frames)
     manifest = load_manifest(demo)
     assert store.video_ids == sorted(v.video_id for v in manifest.videos) and len(store) == 6
     assert store.failures == [] and store.valid.all()
@@ -362,6 +362,6 @@ def test_decode_of_the_demo_data(tmp_path):
     assert store.manifest_fingerprint == manifest.fingerprint("content")
     assert (
         store.fingerprint
-        == result.fingerprint
+        == data.fingerprint  # what decode reported
         == frames_fingerprint(store.manifest_fingerprint, sampling_config(config))
     )

@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_train_teacher import MICRO, make_frames_dataset
 from typer.testing import CliRunner
 
 from teachclip.cli import app
-from teachclip.core.config import ComputeConfig, EvaluateConfig, StudentConfig, TeacherConfig
+from teachclip.core.config import BackboneConfig, ComputeConfig, EvaluateConfig, StudentConfig, TeacherConfig
 from teachclip.core.manifest import load_manifest, write_manifest
 from teachclip.models.factory import create_teacher, save_teacher
 from teachclip.models.io import save_model
@@ -18,13 +17,17 @@ from teachclip.models.student import Student
 from teachclip.stages.evaluate import evaluate
 from teachclip.stores.frames import FramesStore, StoreMismatchError
 
+MICRO = BackboneConfig(name="teachclip-micro", precision="fp32")
 CONFIG = EvaluateConfig(batch_videos=3, batch_texts=4, block_texts=3, block_videos=2)
 CPU = ComputeConfig(device="cpu")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_frames_dataset(tmp_path_factory.mktemp("data"), videos=12, test_fraction=0.75, failed_test=2)
+def dataset(tiny_data):
+    """12 tiny demo videos, 9 of them test, the last 2 test videos failed to decode (tests/conftest.py;
+    read-only)."""
+    data = tiny_data(videos=12, test_fraction=0.75, failed_test=2, videos_per_shard=8)
+    return data.manifest, data.frames
 
 
 def valid_test_split(manifest_dir, frames):

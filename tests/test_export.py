@@ -25,11 +25,10 @@ MICRO = BackboneConfig(name="teachclip-micro", precision="fp32")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from test_train_student import build_student_data
-
-    manifest, frames, _ = build_student_data(tmp_path_factory.mktemp("export-data"), teachers=False)
-    return manifest, frames
+def data(tiny_data):
+    """The default tiny dataset of tests/conftest.py (12 demo videos, 4 frames of 32 px): read-only."""
+    data = tiny_data()
+    return data.manifest, data.frames
 
 
 def documented_loader():

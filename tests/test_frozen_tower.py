@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from test_train_teacher import MICRO, make_frames_dataset
 from typer.testing import CliRunner
 
 from teachclip.cli import app
 from teachclip.core.config import (
+    BackboneConfig,
     ComputeConfig,
     EvaluateConfig,
     PretrainBackboneConfig,
@@ -36,13 +36,17 @@ from teachclip.stores.zarr_io import done_units, partial_path
 from teachclip.training.contrastive import train_contrastive
 from teachclip.training.scoring import evaluate_split
 
+MICRO = BackboneConfig(name="teachclip-micro", precision="fp32")
 CPU = ComputeConfig(device="cpu", scheduler="sync")
 FROZEN = MICRO.model_copy(update={"freeze_visual": True})
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_frames_dataset(tmp_path_factory.mktemp("data"), videos=16, test_fraction=0.5, failed_test=1)
+def dataset(tiny_data):
+    """16 tiny demo videos, half of them test, the last test video failed to decode; 8 videos per frames
+    shard (tests/conftest.py; read-only)."""
+    data = tiny_data(videos=16, test_fraction=0.5, failed_test=1, videos_per_shard=8)
+    return data.manifest, data.frames
 
 
 @pytest.fixture(scope="module")

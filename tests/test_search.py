@@ -28,11 +28,10 @@ def saved_student(directory, seed):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from test_train_student import build_student_data
-
+def setup(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp("search")
-    manifest, frames, _ = build_student_data(root, teachers=False)
+    data = tiny_data()  # the default tiny dataset of tests/conftest.py (read-only)
+    manifest, frames = data.manifest, data.frames
     model = saved_student(root / "model", 0)
     build_index(model, frames, root / "index16.zarr", dtype="float16", batch_videos=5, device="cpu", progress=False)
     build_index(model, frames, root / "index32.zarr", dtype="float32", batch_videos=5, device="cpu", progress=False)

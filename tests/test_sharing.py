@@ -22,14 +22,10 @@ from teachclip.cli import app
 from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
-    DecodeConfig,
-    DemoConfig,
     ExtractConfig,
     TeacherConfig,
 )
 from teachclip.stages import extract_teachers as stage
-from teachclip.stages.decode import decode
-from teachclip.stages.demo_data import generate_demo
 from teachclip.stores.teacher_cache import open_teacher_caches
 from teachclip.stores.teacher_cache.dense import create_group, write_block
 from teachclip.stores.teacher_cache.hdf5 import HDF5_ATTRIBUTES, export_hdf5, import_hdf5
@@ -383,18 +379,17 @@ def test_hdf5_refuses_sparse_groups_and_names_them(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict[str, Path]:
+def inputs(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """The tiny dataset tests/test_teacher_cache.py uses (12 demo videos, 27 train captions; shared
+    read-only, tests/conftest.py) and a saved micro frame-CLIP teacher."""
     from teachclip.models.factory import create_teacher, save_teacher
 
-    root = tmp_path_factory.mktemp("inputs")
-    demo = generate_demo(root / "demo", DemoConfig(videos=8, width=32, height=32, fps=2, seconds=6,
-                                                   captions_per_video=2), progress=False)
-    decode(demo, root / "frames.zarr", DecodeConfig(frames_per_video=4, size=32, videos_per_shard=4), SYNC,
-           progress=False)
+    data = tiny_data(captions_per_video=3, videos_per_shard=4)
+    root = tmp_path_factory.mktemp("teacher")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         teacher = create_teacher(TeacherConfig(kind="frame_clip", backbone=BackboneConfig(name="teachclip-micro")))
-    return {"demo": demo, "frames": root / "frames.zarr", "checkpoint": save_teacher(teacher, root / "teacher")}
+    return {"demo": data.manifest, "frames": data.frames, "checkpoint": save_teacher(teacher, root / "teacher")}
 
 
 def test_a_pull_by_fingerprint_skips_the_computation(inputs, tmp_path, monkeypatch):

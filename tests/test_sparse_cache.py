@@ -14,8 +14,6 @@ from teachclip.cli import app
 from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
-    DecodeConfig,
-    DemoConfig,
     EvaluateConfig,
     StudentConfig,
     TeacherWeight,
@@ -160,18 +158,13 @@ def test_neighbourhood_batches_know_most_in_batch_scores(tmp_path):
         training_neighbours(source, rows, cols)
 
 
-def test_train_student_runs_on_a_sparse_cache_with_the_neighbourhood_sampler(tmp_path, monkeypatch):
+def test_train_student_runs_on_a_sparse_cache_with_the_neighbourhood_sampler(tiny_data, tmp_path, monkeypatch):
     from teachclip.core.manifest import load_manifest
     from teachclip.stages import train_student as train_student_module
-    from teachclip.stages.decode import decode
-    from teachclip.stages.demo_data import generate_demo
     from teachclip.stores import open_for_manifest
 
-    manifest_dir = generate_demo(tmp_path / "demo", DemoConfig(videos=16, width=32, height=32, seconds=6, fps=2,
-                                                               test_fraction=0.25), progress=False)
-    frames = tmp_path / "frames.zarr"
-    decode(manifest_dir, frames, DecodeConfig(frames_per_video=4, size=32), ComputeConfig(scheduler="sync"),
-           progress=False)
+    tiny = tiny_data(videos=20, test_fraction=0.2)  # 16 train videos, 4 frames of 32 px (read-only)
+    manifest_dir, frames = tiny.manifest, tiny.frames
     store = open_for_manifest(frames, load_manifest(manifest_dir))
     data = training_data(store, load_manifest(manifest_dir))
     text_ids, video_ids = sorted(data.caption_ids), sorted(data.video_ids)

@@ -20,7 +20,6 @@ from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
-    DemoConfig,
     ExtractConfig,
     TeacherConfig,
 )
@@ -28,7 +27,6 @@ from teachclip.core.fingerprint import sha256_file
 from teachclip.core.manifest import load_manifest
 from teachclip.stages import extract_teachers as stage
 from teachclip.stages.decode import decode
-from teachclip.stages.demo_data import generate_demo
 from teachclip.stages.extract_teachers.worker import WORKSPACE_FACTOR, sub_block
 from teachclip.stores.frames import FramesStore, StoreMismatchError
 from teachclip.stores.teacher_cache import TeacherCacheError, open_teacher_caches
@@ -41,26 +39,21 @@ SYNC = ComputeConfig(scheduler="sync")
 SMALL = ExtractConfig(block_texts=8, chunk_texts=4, encode_batch=4)
 
 
-def make_inputs(root: Path) -> dict[str, Path]:
-    """A tiny demo dataset (12 videos, 9 train), its frames store and two saved micro teachers."""
+@pytest.fixture(scope="module")
+def inputs(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """A tiny demo dataset (12 videos: 9 train x 3 captions; 4 frames of 32 px, 4 videos per shard;
+    shared read-only, tests/conftest.py) and three saved micro teachers of this module."""
     from teachclip.models.factory import create_teacher, save_teacher
 
-    demo = generate_demo(root / "demo", DemoConfig(videos=12, width=32, height=32, fps=2, seconds=6,
-                                                   captions_per_video=3), progress=False)
-    decode(demo, root / "frames.zarr", DecodeConfig(frames_per_video=4, size=32, videos_per_shard=4), SYNC,
-           progress=False)
-    paths = {"demo": demo, "frames": root / "frames.zarr"}
+    data = tiny_data(captions_per_video=3, videos_per_shard=4)
+    root = tmp_path_factory.mktemp("teachers")
+    paths = {"demo": data.manifest, "frames": data.frames}
     for seed, kind in ((1, "xpool"), (2, "frame_clip"), (3, "xpool")):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             teacher = create_teacher(TeacherConfig(kind=kind, backbone=BackboneConfig(name="teachclip-micro")))
         paths[f"{kind}_{seed}"] = save_teacher(teacher, root / f"{kind}_{seed}")
     return paths
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict[str, Path]:
-    return make_inputs(tmp_path_factory.mktemp("inputs"))
 
 
 @pytest.fixture(scope="module")

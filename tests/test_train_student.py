@@ -1,7 +1,4 @@
-"""train-student on tiny demo videos, decoded and scored by the real stages (micro backbone, CPU).
-
-``build_student_data`` is shared with tests/test_ddp.py, test_export.py and test_search.py.
-"""
+"""train-student on tiny demo videos, decoded and scored by the real stages (micro backbone, CPU)."""
 
 import json
 import shutil
@@ -10,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from helpers import read_rows
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -18,11 +16,8 @@ from teachclip.core.config import (
     BackboneConfig,
     ComputeConfig,
     DecodeConfig,
-    DemoConfig,
     EvaluateConfig,
-    ExtractConfig,
     StudentConfig,
-    TeacherConfig,
     TeacherWeight,
     TrainStudentConfig,
 )
@@ -48,29 +43,11 @@ MICRO = BackboneConfig(name="teachclip-micro", precision="fp32")
 SYNC_CPU = ComputeConfig(scheduler="sync", device="cpu")
 
 
-def build_student_data(root, teachers=True):
-    """12 demo videos (9 train x 4 captions, 3 test) of 32 px, decoded to 4 frames each; with
-    ``teachers``, a cache with an X-Pool group (with frame relevance) and a caption-similarity group
-    (without). Teachers are untrained: their scores are arbitrary but real cache contents."""
-    from teachclip.stages.decode import decode
-    from teachclip.stages.demo_data import generate_demo
-    from teachclip.stages.extract_teachers import TeacherRequest, extract_teachers
-
-    manifest = generate_demo(root / "demo", DemoConfig(videos=12, width=32, height=32, seconds=6, fps=2,
-                                                       test_fraction=0.25), progress=False)
-    frames = root / "frames.zarr"
-    decode(manifest, frames, DecodeConfig(frames_per_video=4, size=32), SYNC_CPU, progress=False)
-    caches = root / "teachers.zarr"
-    if teachers:
-        requests = [TeacherRequest("xpool", TeacherConfig(kind="xpool", backbone=MICRO)),
-                    TeacherRequest("captions", TeacherConfig(kind="caption_sim"))]
-        extract_teachers(frames, manifest, caches, requests, ExtractConfig(), SYNC_CPU, progress=False)
-    return manifest, frames, caches
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return build_student_data(tmp_path_factory.mktemp("student-data"))
+def data(student_data):
+    """The shared student data (tests/conftest.py): (manifest, frames, teachers.zarr with groups
+    ``xpool`` and ``captions``). Read-only: a test that changes it works on a copy."""
+    return student_data
 
 
 def config(**fields):
@@ -86,19 +63,13 @@ def student_config(**fields):
 
 
 def run(data, out, teachers=("teachers.zarr",), resume=False, student=None, teachers_config=None, **fields):
-    """Train into ``out``; ``teachers`` are cache paths relative to the data root, ``teachers_config``
-    is ``train_student.teachers``."""
+    """Train into ``out``; ``teachers`` are cache paths relative to the folder of the data's
+    ``teachers.zarr``, ``teachers_config`` is ``train_student.teachers``."""
     manifest, frames, caches = data
     specs = [caches.parent / spec for spec in teachers]
     return train_student(frames, manifest, specs, out, config(teachers=teachers_config, **fields),
                          student or student_config(),
                          EvaluateConfig(batch_videos=4), ComputeConfig(device="cpu"), resume=resume, progress=False)
-
-
-def read_rows(out):
-    lines = (out / "metrics.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
 
 
 # ---- one step, by hand ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import read_rows
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -29,24 +30,12 @@ from teachclip.training import contrastive as contrastive_module
 MICRO = BackboneConfig(name="teachclip-micro", precision="fp32")
 
 
-def make_frames_dataset(root, videos=24, test_fraction=0.34, failed_test=0):
-    """Tiny demo videos (32 px, 6 s at 2 fps) decoded into a frames store of 4 frames per video; the
-    last ``failed_test`` test videos are overwritten with garbage first, so decode records them as
-    failed (frames zero, mask False)."""
-    manifest_dir = generate_demo(root / "demo", DemoConfig(videos=videos, width=32, height=32, seconds=6, fps=2,
-                                                           test_fraction=test_fraction), progress=False)
-    test_videos = sorted(load_manifest(manifest_dir).videos_in("test"), key=lambda v: v.video_id)
-    for video in test_videos[len(test_videos) - failed_test :]:
-        video.path.write_bytes(b"not a video")
-    frames = root / "frames.zarr"
-    decode(manifest_dir, frames, DecodeConfig(frames_per_video=4, size=32, videos_per_shard=8, max_failure_fraction=1.0),
-           ComputeConfig(scheduler="sync"), progress=False)
-    return manifest_dir, frames
-
-
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_frames_dataset(tmp_path_factory.mktemp("data"))
+def dataset(tiny_data):
+    """24 tiny demo videos (32 px, 6 s at 2 fps; a third of them test) decoded into a frames store of
+    4 frames per video (tests/conftest.py; read-only)."""
+    data = tiny_data(videos=24, test_fraction=0.34, videos_per_shard=8)
+    return data.manifest, data.frames
 
 
 def run(dataset, out, kind="xpool", epochs=3, options=None, resume=False, **train):
@@ -55,12 +44,6 @@ def run(dataset, out, kind="xpool", epochs=3, options=None, resume=False, **trai
     return train_teacher(TeacherConfig(kind=kind, backbone=MICRO, options=options or {}), frames, manifest_dir, out,
                          config, EvaluateConfig(batch_videos=5, block_texts=3, block_videos=4),
                          ComputeConfig(device="cpu"), resume=resume, progress=False)
-
-
-def read_rows(out):
-    lines = (out / "metrics.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
 
 
 def test_xpool_loss_decreases_and_outputs_are_written(dataset, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_video
 
 from teachclip import video
 from teachclip.video import (
@@ -23,16 +24,6 @@ from teachclip.video import (
 )
 
 FFMPEG = ffmpeg_binary_path()
-PATTERN = "testsrc2=size={size}:rate={rate}"  # every frame differs (moving pattern, frame counter)
-
-
-def make_video(path: Path, *args: str, size: str = "64x48", rate: int = 10, seconds: float = 3) -> Path:
-    """Encode the test pattern with the ffmpeg binary; ``args`` go between input and output."""
-    source = ["-f", "lavfi", "-i", PATTERN.format(size=size, rate=rate), "-t", str(seconds)]
-    subprocess.run(
-        [FFMPEG, "-hide_banner", "-loglevel", "error", "-y", *source, *args, str(path)], check=True
-    )
-    return path
 
 
 def remux(source: Path, path: Path, *input_args: str) -> Path:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,7 +268,7 @@ def masked_captions(mask_path: str | None, data: SplitData, verbose: bool) -> li
         dropped = sum(map(len, data.captions_of_video)) - sum(map(len, sampled))
         print(f"caption mask {mask_path}: {dropped} of {len(data.caption_ids)} training captions masked"
               + (f"; {len(fallback)} video(s) with every caption masked keep theirs: "
-                 f"{', '.join(data.video_ids[v] for v in fallback[:10])}" if fallback else ""))
+                 f"{', '.join(data.video_ids[v] for v in fallback[:10])}" if fallback else ""), file=sys.stderr)
     return sampled
 
 
