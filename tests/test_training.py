@@ -10,6 +10,7 @@ from torch import nn
 
 from teachclip.core.config import EvaluateConfig
 from teachclip.core.device import grad_scaler
+from teachclip.core.manifest import SplitData
 from teachclip.models.scorer import VectorScorer
 from teachclip.models.teachers.base import Teacher
 from teachclip.training.batches import caption_per_video_batches, frames_batches
@@ -298,8 +299,9 @@ def test_score_collection_student_and_teacher(monkeypatch):
                    device=torch.device("cpu"))
 
     student = VectorModel().eval()
-    similarity = score_collection(student, store, video_indices, video_ids, texts, caption_ids,
-                                  caption_video_ids, **options)
+    data = SplitData("test", video_ids, video_indices, caption_ids, texts, caption_video_ids,
+                     np.array([video_ids.index(v) for v in caption_video_ids]), [], [])
+    similarity = score_collection(student, store, data, **options)
     frames = torch.from_numpy(store.frames[video_indices])
     mask = torch.from_numpy(store.mask[video_indices])
     expected = student.encode_text(student.tokenize(texts)) @ student.encode_video(frames, mask).T
@@ -309,8 +311,7 @@ def test_score_collection_student_and_teacher(monkeypatch):
     calls = []
     original = Teacher.score_blocked
     monkeypatch.setattr(Teacher, "score_blocked", lambda self, *a: calls.append(a[2:]) or original(self, *a))
-    similarity = score_collection(teacher, store, video_indices, video_ids, texts, caption_ids,
-                                  caption_video_ids, **options)
+    similarity = score_collection(teacher, store, data, **options)
     assert set(calls) == {(4, 3)}  # a scoring faster than MIN_TIMING_SECONDS is repeated for its timing
     batch = teacher.text_batch(texts, caption_ids, caption_video_ids)
     expected = teacher.similarity(batch, {"frames": frames, "mask": mask, "video_ids": video_ids})

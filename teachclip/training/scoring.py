@@ -22,7 +22,7 @@ from torch import nn
 from teachclip.core.config import EvaluateConfig
 from teachclip.core.device import autocast
 from teachclip.core.files import atomic_write
-from teachclip.core.manifest import Manifest, split_data
+from teachclip.core.manifest import Manifest, SplitData, split_data
 from teachclip.models.metrics import retrieval_metrics
 from teachclip.models.scorer import Features, Scorer, cat_features
 from teachclip.training.batches import frames_batches
@@ -38,27 +38,14 @@ def uses_amp(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def encode_collection(
-    scorer: Scorer,
-    store,
-    store_rows: np.ndarray,
-    video_ids: Sequence[str],
-    texts: Sequence[str],
-    caption_ids: Sequence[str],
-    caption_video_ids: Sequence[str],
-    *,
-    batch_videos: int,
-    batch_texts: int,
-    device: torch.device,
-    amp: bool = True,
-    prefetch: bool = True,
-) -> tuple[Features, Features]:
-    """Text features of every caption and video features of every video (frames-store rows
-    ``store_rows``), encoded once each, kept on ``device``; the caller puts the model in eval mode."""
-    texts_features = encode_texts(scorer, texts, caption_ids, caption_video_ids, batch_texts=batch_texts,
-                                  device=device, amp=amp)
-    return texts_features, encode_videos(scorer, store, store_rows, video_ids, batch_videos=batch_videos,
-                                         device=device, amp=amp, prefetch=prefetch)
+def encode_collection(scorer: Scorer, store, data: SplitData, *, batch_videos: int, batch_texts: int,
+                      device: torch.device, amp: bool = True, prefetch: bool = True) -> tuple[Features, Features]:
+    """Text features of every caption and video features of every video of ``data``, encoded once
+    each, kept on ``device``; the caller puts the model in eval mode."""
+    text_features = encode_texts(scorer, data.texts, data.caption_ids, data.caption_video_ids,
+                                 batch_texts=batch_texts, device=device, amp=amp)
+    return text_features, encode_videos(scorer, store, data.store_rows, data.video_ids, batch_videos=batch_videos,
+                                        device=device, amp=amp, prefetch=prefetch)
 
 
 @torch.no_grad()
@@ -95,22 +82,9 @@ def encode_videos(scorer: Scorer, store, store_rows: np.ndarray, video_ids: Sequ
 
 
 @torch.no_grad()
-def score_collection(
-    model: nn.Module,
-    store,
-    store_rows: np.ndarray,
-    video_ids: Sequence[str],
-    texts: Sequence[str],
-    caption_ids: Sequence[str],
-    caption_video_ids: Sequence[str],
-    *,
-    config: EvaluateConfig,
-    device: torch.device,
-    amp: bool = True,
-    prefetch: bool = True,
-    timings: dict[str, float] | None = None,
-) -> torch.Tensor:
-    """Similarity [texts, videos] (float32, CPU) of a model over a collection.
+def score_collection(model: nn.Module, store, data: SplitData, *, config: EvaluateConfig, device: torch.device,
+                     amp: bool = True, prefetch: bool = True, timings: dict[str, float] | None = None) -> torch.Tensor:
+    """Similarity [texts, videos] (float32, CPU) of a model over the captions and videos of ``data``.
 
     ``timings`` (optional) receives wall seconds: ``encode_seconds`` (every caption and video encoded
     once: for the videos that is index time, paid once) and ``score_seconds`` (every query scored
@@ -121,8 +95,8 @@ def score_collection(
     scorer = model.scorer()
     started = time.perf_counter()
     text_features, video_features = encode_collection(
-        scorer, store, store_rows, video_ids, texts, caption_ids, caption_video_ids,
-        batch_videos=config.batch_videos, batch_texts=config.batch_texts, device=device, amp=amp, prefetch=prefetch)
+        scorer, store, data, batch_videos=config.batch_videos, batch_texts=config.batch_texts, device=device,
+        amp=amp, prefetch=prefetch)
     timings["encode_seconds"] = time.perf_counter() - started
 
     def score() -> torch.Tensor:
@@ -166,11 +140,8 @@ def evaluate_split(
     was_training = model.training
     model.eval()
     timings: dict[str, float] = {}
-    similarity = score_collection(
-        model, store, data.store_rows, data.video_ids, data.texts, data.caption_ids,
-        data.caption_video_ids, config=config, device=device, amp=uses_amp(model),
-        prefetch=prefetch, timings=timings,
-    ).numpy()
+    similarity = score_collection(model, store, data, config=config, device=device, amp=uses_amp(model),
+                                  prefetch=prefetch, timings=timings).numpy()
     model.train(was_training)
     metrics = retrieval_metrics(similarity, data.caption_video)
     metrics |= {

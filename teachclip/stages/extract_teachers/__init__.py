@@ -4,18 +4,10 @@
 ``teachers.zarr/<name>/`` (schema in :mod:`teachclip.stores.teacher_cache`, docs/teacher-cache.md).
 Which teachers: :mod:`.requests`; the units of work and the worker side: :mod:`.worker`.
 
-How the work is cut (every unit is deterministic in the arguments, never in the worker count, so
-one worker and two workers give byte-identical stores):
-
-1. *Video units* of ``encode_batch`` videos: a worker reads their frames, runs ``encode_videos``
-   and writes the features to ``<out>.partial/_scratch/<name>/videos-NNNNNN.safetensors``.
-   Features are computed once per video and shared with every worker through these files (rather
-   than scattered through the scheduler): they survive a killed run, so a resume never re-encodes
-   a video, and a worker on another machine reads them like it writes the output store.
-2. *Blocks* of ``layout.block_texts`` captions x every video, one shard file of each score array:
-   a worker encodes the block's captions once (each caption belongs to exactly one block), loads
-   the video features once per worker (cached by its runtime), scores them in sub-blocks sized by
-   the memory budget, and writes whole shards only (zarr-python 3 has no locks).
+The work is cut into video units (features of ``encode_batch`` videos, computed once and shared
+through scratch files) and blocks (``block_texts`` captions x every video = one shard file of each
+score array), described in :mod:`.worker`. Every unit is deterministic in the arguments, never in the
+worker count, so one worker and two workers give byte-identical stores.
 
 The driver records a completion marker after each unit, so a killed run resumes with the missing
 units only, and publishes the group when every block is written (the partial/publish protocol of
