@@ -377,16 +377,28 @@ def read_caption_pickle(path: Path) -> dict[str, list[str]]:
         raise
     except Exception as exc:  # any parse failure of an untrusted file is a bad-file error
         raise ManifestError(f"{path}: not a readable caption pickle ({exc})") from exc
-    return _caption_dict(loaded, path)
+    # memo references let a few bytes name the same list many times: bound what the file may expand to
+    return _caption_dict(loaded, path, budget=PICKLE_EXPANSION * len(data) + (1 << 20))
 
 
-def _caption_dict(loaded: Any, path: Path) -> dict[str, list[str]]:
+PICKLE_EXPANSION = 8  # caption characters per pickle byte: a real caption pickle is below 2
+
+
+def _caption_dict(loaded: Any, path: Path, budget: int) -> dict[str, list[str]]:
     _expect(loaded, dict, path, "the pickled object")
     captions: dict[str, list[str]] = {}
     for video_id, items in loaded.items():
         _expect(video_id, str, path, "every key")
         _expect(items, list, path, f"the captions of {video_id!r}")
-        captions[video_id] = [_caption_text(item, path, video_id) for item in items]
+        texts = []
+        for item in items:
+            budget -= 1 + (len(item) if isinstance(item, str) else
+                           sum(len(t) for t in item if isinstance(t, str)) if isinstance(item, list) else 0)
+            if budget < 0:
+                raise ManifestError(f"{path}: the pickle expands to far more caption text than its size allows "
+                                    f"(repeated references?); refusing it")
+            texts.append(_caption_text(item, path, video_id))
+        captions[video_id] = texts
     return captions
 
 

@@ -290,7 +290,7 @@ def test_killed_between_final_attributes_and_rename_finishes_on_rerun(tmp_path, 
     reference = tmp_path / "reference.zarr"
     decode(good_manifest, reference, SMALL, SYNC, progress=False)
 
-    def killed(partial, out):
+    def killed(partial, out, kind):
         raise _Stop
 
     monkeypatch.setattr(frames_store_module, "finalize", killed)

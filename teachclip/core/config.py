@@ -68,9 +68,9 @@ class DemoConfig(Section):
 class DecodeConfig(Section):
     """Frame sampling and the frames store (CLIP4Clip conventions)."""
 
-    frames_per_video: int = Field(12, ge=1)
+    frames_per_video: int = Field(12, ge=1, le=4096)
     sample_fps: float = Field(1.0, gt=0)  # first sample at this rate, then linspace down to T
-    size: int = Field(224, ge=8)  # short side resized to this, then center crop size x size
+    size: int = Field(224, ge=8, le=4096)  # short side resized to this, then center crop size x size
     backend: Literal["pyav", "ffmpeg"] = "pyav"  # chosen by bench/decode.py (docs/decode.md)
     ffmpeg_binary: str | None = None  # None: the binary shipped by imageio-ffmpeg
     decoder_threads: int = Field(1, ge=1)  # per video; 1 is best when workers fill the cores
@@ -84,7 +84,7 @@ class BackboneConfig(Section):
 
     name: str = "teachclip-tiny"
     pretrained: str | None = None  # open_clip tag ("openai", "laion2b_s34b_b79k") or a file path
-    max_words: int = Field(32, ge=4)
+    max_words: int = Field(32, ge=4, le=1024)
     precision: Literal["fp32", "amp"] = "amp"  # amp only takes effect on CUDA
     # True: the image tower never trains (LiT-style). Its per-frame features are then a fixed function
     # of the frames, so `teach encode-frames` can compute them once into a frame-features store that
@@ -103,10 +103,10 @@ class StudentConfig(Section):
     afa: bool = True
     afa_pool_temperature: float = Field(0.1, gt=0)  # softmax(w / this) pools the video vector
     afa_weight_temperature: float = Field(1.0, gt=0)  # softmax(w / this): the weights the fine loss supervises
-    temporal_layers: int = Field(4, ge=1)  # seqTransf only
+    temporal_layers: int = Field(4, ge=1, le=48)  # seqTransf only
     # seqTransf init, as CLIP4Clip: copy the text tower's first layers and positions ("random": don't)
     temporal_init: Literal["text", "random"] = "text"
-    max_frames: int = Field(64, ge=1)  # frame position embeddings of seqTransf
+    max_frames: int = Field(64, ge=1, le=4096)  # frame position embeddings of seqTransf
     # None: the backbone's own learned scale (1/0.07 for a model trained from scratch, 100 for OpenAI CLIP)
     logit_scale_init: float | None = Field(None, gt=0)
 

@@ -17,6 +17,7 @@ which training, teacher extraction and evaluation all use.
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -198,8 +199,18 @@ def read_csv_table(
                     f"{path}: missing column(s) {', '.join(missing)} (header is {','.join(header) or 'empty'};"
                     f" expected {','.join(columns)})"
                 )
-            # line numbers are 1-based and count the header, as an editor shows them
-            return [(reader.line_num, row) for row in reader]
+            repeated = sorted({name for name in header if header.count(name) > 1})
+            if repeated:
+                raise ManifestError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header")
+            rows = []
+            for row in reader:
+                # line numbers are 1-based and count the header, as an editor shows them
+                if None in row:  # csv.DictReader files extra values under None: a cell would lose text
+                    raise ManifestError(
+                        f"{path}:{reader.line_num}: {len(row[None])} more value(s) than header columns (an unquoted "
+                        f"comma in a text? quote the field)")
+                rows.append((reader.line_num, row))
+            return rows
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text ({exc})") from exc
     except csv.Error as exc:
@@ -214,6 +225,8 @@ def _seconds(cell: str | None, path: Path, line: int, column: str) -> float | No
         value = float(cell)
     except ValueError:
         raise ManifestError(f"{path}:{line}: {column} {cell!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise ManifestError(f"{path}:{line}: {column} {cell!r} is not a finite number of seconds")
     if value < 0:
         raise ManifestError(f"{path}:{line}: {column} {value} is negative")
     return value

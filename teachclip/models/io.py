@@ -29,6 +29,7 @@ from teachclip.core.fingerprint import fingerprint, sha256_file
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 4 << 20  # a config.json is a few KB; anything near this is not one
 
 
 class CheckpointError(InputError):
@@ -51,6 +52,11 @@ def save_model(
     """
     from safetensors.torch import save_model as save_safetensors
 
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if broken:  # a diverged model must never become a file someone evaluates, exports or shares
+        raise CheckpointError(f"{directory}: refusing to save a model with non-finite weights "
+                              f"({', '.join(broken[:5])}{' ...' if len(broken) > 5 else ''})")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(config, BaseModel):
@@ -82,6 +88,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise MissingFileError(f"{path}: no saved model config (expected {CONFIG_FILE} next to {WEIGHTS_FILE})")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: {path.stat().st_size} bytes; a model config is at most {MAX_CONFIG_BYTES}")
     try:
         document = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -91,10 +99,14 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     missing = {"kind", "config", "format_version"} - set(document)
     if missing:
         raise CheckpointError(f"{path}: missing key(s) {', '.join(sorted(missing))}")
-    if document["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format_version {document['format_version']} is newer than this code reads ({FORMAT_VERSION})"
-        )
+    version = document["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path}: format_version {version!r} is not a positive integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {version} is newer than this code reads ({FORMAT_VERSION})")
+    for key, kind in (("kind", str), ("config", dict), ("extra", dict)):
+        if key in document and not isinstance(document[key], kind):
+            raise CheckpointError(f"{path}: {key!r} must be a {kind.__name__}, found {type(document[key]).__name__}")
     document.setdefault("extra", {})
     return document
 

@@ -9,7 +9,6 @@ same arguments decodes only unmarked shards. The store's schema, fingerprint and
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,10 +122,9 @@ def decode(
         videos_per_shard=config.videos_per_shard, failures=[], complete=False)
     jobs = _shard_jobs(manifest, config.videos_per_shard)
 
-    if overwrite:
-        for path in (out, partial):
-            if path.exists():
-                shutil.rmtree(path)
+    if overwrite:  # a frames store or its partial store only: never a folder that is something else
+        store.remove(out)
+        store.remove(partial)
     if out.exists():
         store.check_existing(out, attributes, finished=True)
         result = DecodeResult(out, attributes["fingerprint"], len(manifest.videos), FramesStore.open(out).failures,

@@ -17,7 +17,6 @@ tower or from other frames is refused (``--overwrite`` starts over).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +53,9 @@ def encode_frames(
              "visual_fingerprint": backbone.visual_fingerprint()}
     attributes = features.store_attributes(store, tower, complete=False)
 
-    if overwrite:
-        for path in (out, partial):
-            if path.exists():
-                shutil.rmtree(path)
+    if overwrite:  # a frame-features store or its partial store only
+        features.remove(out)
+        features.remove(partial)
     if out.exists():
         features.check_existing(out, attributes)
         return out

@@ -173,7 +173,7 @@ def pretrain_backbone(
                     text = F.normalize(model.encode_text(tokens).float(), dim=-1)
                     logit_scale = model.clip.logit_scale.exp().clamp(max=100)
                     loss = info_nce(logit_scale * text @ image.T)
-                optimizer_step(loss, model.parameters(), optimizer, scheduler, scaler, config.grad_clip)
+                optimizer_step({"loss": loss}, step + 1, model.parameters(), optimizer, scheduler, scaler, config.grad_clip)
                 step += 1
                 running.update({"loss": loss.detach()})
                 bar.update(task, advance=1, status=running.status())

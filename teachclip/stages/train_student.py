@@ -370,7 +370,7 @@ def train_student(
                 with autocast(device, amp):
                     outputs = step_module(**inputs)
                 losses = batch_losses(outputs, labels, terms, config, sizes)
-                optimizer_step(losses["loss"], student.parameters(), optimizer, scheduler, scaler, config.grad_clip)
+                optimizer_step(losses, step + 1, student.parameters(), optimizer, scheduler, scaler, config.grad_clip)
                 step += 1
                 running.update({term: value.detach() for term, value in losses.items()})
                 bar.update(task, advance=1, status=running.status())

@@ -34,7 +34,15 @@ from teachclip.stores.frames import (
     StoreMismatchError,
     read_attributes,
 )
-from teachclip.stores.zarr_io import create_array, done_units, finalize, mark_done, write_strings
+from teachclip.stores.zarr_io import (
+    PROGRESS_DIR,
+    create_array,
+    done_units,
+    finalize,
+    mark_done,
+    remove_store,
+    write_strings,
+)
 
 STORE_KIND = "teachclip-frame-features"
 FEATURES = "features"
@@ -106,7 +114,12 @@ def write_shard(partial: Path, rows: np.ndarray, features: np.ndarray) -> None:
 
 def finish(partial: Path, out: Path, attributes: dict) -> None:
     zarr.open_group(str(partial), mode="r+", zarr_format=3).attrs.update({**attributes, "complete": True})
-    finalize(partial, out)
+    finalize(partial, out, STORE_KIND)
+
+
+def remove(path: Path) -> None:
+    """``--overwrite``: delete a frame-features store or its partial store, and nothing else."""
+    remove_store(path, STORE_KIND, unfinished_entries=frozenset({"zarr.json", FEATURES, MASK, VIDEO_IDS, PROGRESS_DIR}))
 
 
 def _unit(rows: np.ndarray) -> str:
@@ -127,8 +140,12 @@ class FrameFeaturesStore(FramesStore):
     written_by = "teach encode-frames"
 
     def __init__(self, path: Path, group: zarr.Group, attributes: dict) -> None:
+        backbone = attributes.get("backbone")
+        if not isinstance(backbone, dict) or not isinstance(backbone.get("visual_fingerprint"), str) or not isinstance(
+                attributes.get("features_fingerprint"), str):
+            raise FramesStoreError(f"{path}: malformed {self.description} attributes: no backbone identity")
         super().__init__(path, group, attributes)
-        self.backbone: dict = dict(attributes["backbone"])
+        self.backbone: dict = dict(backbone)
         self.features_fingerprint: str = attributes["features_fingerprint"]
 
     def __repr__(self) -> str:

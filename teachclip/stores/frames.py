@@ -36,11 +36,13 @@ from teachclip.core.errors import InputError
 from teachclip.core.fingerprint import fingerprint
 from teachclip.stores.zarr_io import (
     PROGRESS_DIR,
+    chunk_presence,
     create_array,
     done_units,
     finalize,
     mark_done,
     read_strings,
+    remove_store,
     write_strings,
 )
 
@@ -217,8 +219,13 @@ def finish(partial: Path, out: Path, n_shards: int, attributes: dict) -> list[di
         failures.sort(key=lambda record: record["video_id"])
         root.attrs.put(attributes | {"failures": failures, "complete": True})
     shutil.rmtree(partial / FAILURES_DIR, ignore_errors=True)
-    finalize(partial, out)
+    finalize(partial, out, STORE_KIND)
     return failures
+
+
+def remove(path: Path) -> None:
+    """``--overwrite``: delete a frames store or its partial store, and nothing else."""
+    remove_store(path, STORE_KIND, unfinished_entries=frozenset(STORE_ENTRIES | {PROGRESS_DIR, FAILURES_DIR}))
 
 
 def _unit(shard: int) -> str:
@@ -243,6 +250,7 @@ class FramesStore:
 
     def __init__(self, path: Path, group: zarr.Group, attributes: dict) -> None:
         self.path = path
+        _check_attributes(path, attributes, self.description)
         self.fingerprint: str = attributes["fingerprint"]
         self.manifest_fingerprint: str = attributes["manifest_fingerprint"]
         # "stat" or "content"; None for stores written before the mode was recorded
@@ -252,13 +260,52 @@ class FramesStore:
         self.videos_per_shard: int = int(attributes["videos_per_shard"])
         self.frames_per_video: int = int(self.sampling["frames_per_video"])
         self.size: int = int(self.sampling["size"])
-        self._frames = group[self.data_array]
+        try:
+            self._frames = group[self.data_array]
+            self.video_ids: list[str] = read_strings(group[VIDEO_IDS])
+            self._check_shapes(self._frames.shape, group[MASK].shape)
+            self._mask = np.asarray(group[MASK][...], dtype=bool)  # small: kept in memory
+        except (KeyError, ValueError, TypeError, OSError) as exc:  # zarr: bad metadata, checksum, truncation
+            raise FramesStoreError(f"{path}: unreadable {self.description} ({type(exc).__name__}: {exc})") from exc
         self.item_shape: tuple[int, ...] = tuple(self._frames.shape[2:])  # (H, W, 3) or (d,)
-        self.video_ids: list[str] = read_strings(group[VIDEO_IDS])
         self._positions = {video_id: i for i, video_id in enumerate(self.video_ids)}
-        self._mask = np.asarray(group[MASK][...], dtype=bool)  # small: kept in memory
         failed = {record["video_id"] for record in self.failures}
         self.valid = np.array([video_id not in failed for video_id in self.video_ids], dtype=bool)
+        self._check_contents()
+
+    def _check_shapes(self, data_shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> None:
+        n, t = len(self.video_ids), self.frames_per_video
+        item = (self.size, self.size, 3) if not self.holds_features else data_shape[2:]
+        if (tuple(data_shape[:2]) != (n, t) or tuple(data_shape[2:]) != tuple(item) or tuple(mask_shape) != (n, t)
+                or len(set(self.video_ids)) != n or (self.holds_features and not 1 <= len(item) == 1 <= item[0] <= 65536)):
+            raise FramesStoreError(
+                f"{self.path}: array shapes disagree with the store ({self.data_array} {list(data_shape)}, "
+                f"{MASK} {list(mask_shape)}, {n} distinct video ids, {t} frames of {self.size} px)")
+
+    def _check_contents(self) -> None:
+        """Zarr reads a deleted chunk as zeros: demand the chunk of every decoded video (failed videos
+        hold no data) and of every mask row group holding one, and a mask that fits the failures."""
+        try:
+            stored = chunk_presence(self.path / self.data_array)
+            masks = chunk_presence(self.path / MASK)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FramesStoreError(f"{self.path}: unreadable chunk layout ({exc})") from exc
+        n = len(self.video_ids)
+        per_video = stored.reshape(stored.shape[0], -1).all(axis=1)[:n]
+        holes = np.flatnonzero(self.valid & ~per_video)
+        if holes.size:
+            raise FramesStoreError(
+                f"{self.path}: {self.data_array} of {holes.size} decoded video(s) missing from disk, e.g. "
+                f"{[self.video_ids[i] for i in holes[:3]]} (a deleted chunk or shard); decode again")
+        rows_per_chunk = -(-n // max(masks.shape[0], 1)) if n else 1
+        chunk_of = np.arange(n) // max(rows_per_chunk, 1)
+        needed = np.zeros(masks.shape[0], dtype=bool)
+        needed[chunk_of[self.valid]] = True
+        if (needed & ~masks.reshape(masks.shape[0], -1).all(axis=1)).any():
+            raise FramesStoreError(f"{self.path}: {MASK} chunks of decoded videos are missing from disk; decode again")
+        if self._mask[~self.valid].any() or (self.valid & ~self._mask.any(axis=1)).any():
+            raise FramesStoreError(f"{self.path}: {MASK} does not fit the recorded failures (a failed video with "
+                                   f"frames, or a decoded one without any): the store was altered")
 
     @classmethod
     def open(cls, path: str | Path) -> Any:
@@ -317,10 +364,41 @@ class FramesStore:
         positions = positions % max(len(self), 1)
         unique, inverse = np.unique(positions, return_inverse=True)
         frames = np.empty((len(unique), self.frames_per_video, *self.item_shape), dtype=self._frames.dtype)
-        for start, stop in _runs(unique):
-            first = int(unique[start])
-            frames[start:stop] = self._frames[first : first + stop - start]
+        try:
+            for start, stop in _runs(unique):
+                first = int(unique[start])
+                frames[start:stop] = self._frames[first : first + stop - start]
+        except (ValueError, RuntimeError, OSError) as exc:  # crc32c mismatch, truncated or undecodable chunk
+            raise FramesStoreError(f"{self.path}: corrupt {self.data_array} data ({type(exc).__name__}: {exc})") from exc
+        if self.holds_features and not np.isfinite(frames).all():
+            raise FramesStoreError(f"{self.path}: non-finite values in {self.data_array}: the store was altered")
         return frames[inverse], self._mask[positions]
+
+
+HEX64 = frozenset("0123456789abcdef")
+
+
+def _check_attributes(path: Path, attributes: dict, description: str) -> None:
+    """Types and ranges of the attributes a reader relies on, before anything is sized from them."""
+    def fingerprint_like(value: Any) -> bool:
+        return isinstance(value, str) and len(value) == 64 and set(value) <= HEX64
+
+    sampling = attributes.get("sampling")
+    failures = attributes.get("failures")
+    problems = []
+    if not (fingerprint_like(attributes.get("fingerprint")) and fingerprint_like(attributes.get("manifest_fingerprint"))):
+        problems.append("fingerprints are not sha256 hex digests")
+    if not isinstance(sampling, dict) or not all(
+            isinstance(sampling.get(key), int) and not isinstance(sampling.get(key), bool) and low <= sampling[key] <= high
+            for key, low, high in (("frames_per_video", 1, 4096), ("size", 8, 4096))):
+        problems.append("sampling lacks frames_per_video (1..4096) or size (8..4096)")
+    if not isinstance(failures, list) or not all(isinstance(f, dict) and isinstance(f.get("video_id"), str) for f in failures):
+        problems.append("failures is not a list of {video_id, ...} records")
+    per_shard = attributes.get("videos_per_shard")
+    if not isinstance(per_shard, int) or isinstance(per_shard, bool) or per_shard < 1:
+        problems.append("videos_per_shard is not a positive integer")
+    if problems:
+        raise FramesStoreError(f"{path}: malformed {description} attributes: {'; '.join(problems)}")
 
 
 def _runs(sorted_unique: np.ndarray) -> list[tuple[int, int]]:

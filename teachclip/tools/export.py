@@ -17,6 +17,8 @@ same embeddings as the student; tests/test_export.py runs that snippet against t
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import open_clip
@@ -28,7 +30,7 @@ from teachclip.models.backbone import CLIP_MEAN, CLIP_STD
 from teachclip.models.factory import load_model
 from teachclip.models.io import model_fingerprint
 from teachclip.models.student import Student
-from teachclip.stores.zarr_io import finalize, partial_path
+from teachclip.stores.zarr_io import partial_path
 
 EXPORT_FORMAT = "teachclip-export"
 EXPORT_VERSION = 1
@@ -88,7 +90,9 @@ def export_student(model_dir: str | Path, out: str | Path) -> Path:
 
     out = Path(out)
     partial = partial_path(out)
-    (partial / "model_configs").mkdir(parents=True, exist_ok=True)
+    for path in (out, partial):  # replaced only if it is an earlier export: never another folder
+        _remove_export(path)
+    (partial / "model_configs").mkdir(parents=True)
     save_file(_plain(clip.state_dict()), str(partial / OPEN_CLIP_WEIGHTS), metadata={"format": EXPORT_FORMAT})
     save_file(_plain(head), str(partial / HEAD_WEIGHTS), metadata={"format": EXPORT_FORMAT})
     model_config = open_clip.get_model_config(name)
@@ -96,5 +100,21 @@ def export_student(model_dir: str | Path, out: str | Path) -> Path:
         raise InputError(f"open_clip does not know the model config {name!r}")
     (partial / "model_configs" / f"{name}.json").write_text(json.dumps(model_config, indent=2) + "\n")
     (partial / CONFIG).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    finalize(partial, out)
+    os.replace(partial, out)
     return out
+
+
+def _remove_export(path: Path) -> None:
+    """Delete ``path`` if it is an export (its config.json says so) or a partial one (only the export's
+    own entries); refuse anything else by name."""
+    if not path.exists() and not path.is_symlink():
+        return
+    entries = {p.name for p in path.iterdir()} if path.is_dir() and not path.is_symlink() else None
+    try:
+        ours = entries is not None and json.loads((path / CONFIG).read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if entries is not None and (ours or entries <= {CONFIG, OPEN_CLIP_WEIGHTS, HEAD_WEIGHTS, "model_configs"}):
+        shutil.rmtree(path)
+        return
+    raise InputError(f"{path}: exists and is not a teachclip export; refusing to delete or replace it")

@@ -93,7 +93,7 @@ def train_contrastive(
                         model, [data.texts[i] for i in batch.captions], [data.caption_ids[i] for i in batch.captions],
                         [data.video_ids[v] for v in batch.videos], frames.to(device), mask.to(device))
                     loss = info_nce(logit_scale_of(model) * similarity.float())
-                optimizer_step(loss, model.parameters(), optimizer, scheduler, scaler, config.grad_clip)
+                optimizer_step({"loss": loss}, step + 1, model.parameters(), optimizer, scheduler, scaler, config.grad_clip)
                 step += 1
                 running.update({"loss": loss.detach()})
                 bar.update(task, advance=1, status=running.status())

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from teachclip.core.errors import InputError
+
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices). Data order does not use these: see the sampler."""
@@ -91,11 +93,23 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fra
     )
 
 
-def optimizer_step(loss: torch.Tensor, parameters, optimizer: torch.optim.Optimizer, scheduler,
-                   scaler: torch.amp.GradScaler, grad_clip: float) -> None:
-    """One update: backward through the (AMP-scaled) loss, unscale so that the clip sees the true
-    gradients, clip, AdamW step (skipped by the scaler on inf/NaN), scaler and schedule, zero grads."""
-    scaler.scale(loss).backward()
+class NonFiniteLossError(InputError):
+    """A loss term became NaN or infinite: training stops before the update (the model stays finite)."""
+
+
+def optimizer_step(losses: Mapping[str, torch.Tensor], step: int, parameters, optimizer: torch.optim.Optimizer,
+                   scheduler, scaler: torch.amp.GradScaler, grad_clip: float) -> None:
+    """One update of training step ``step`` (1-based) from ``losses`` (every term, the total under
+    ``"loss"``): refuse a non-finite term (naming the step and the term: a hole in the soft labels or a
+    diverging run, never something to train on), backward through the (AMP-scaled) total, unscale so
+    that the clip sees the true gradients, clip, AdamW step (skipped by the scaler on inf/NaN
+    gradients), scaler and schedule, zero grads."""
+    bad = [term for term, value in losses.items() if not bool(torch.isfinite(value.detach()).all())]
+    if bad:
+        values = ", ".join(f"{term} = {float(losses[term].detach().float().mean())}" for term in bad)
+        raise NonFiniteLossError(f"training step {step}: non-finite loss ({values}); stopped before updating the "
+                                 f"model (check the soft labels with `teach cache verify`, or lower the learning rates)")
+    scaler.scale(losses["loss"]).backward()
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
     scaler.step(optimizer)

@@ -21,6 +21,7 @@ from torch import nn
 
 from teachclip.core.config import EvaluateConfig
 from teachclip.core.device import autocast
+from teachclip.core.errors import InputError
 from teachclip.core.files import atomic_write
 from teachclip.core.manifest import Manifest, SplitData, split_data
 from teachclip.models.metrics import retrieval_metrics
@@ -143,6 +144,11 @@ def evaluate_split(
     similarity = score_collection(model, store, data, config=config, device=device, amp=uses_amp(model),
                                   prefetch=prefetch, timings=timings).numpy()
     model.train(was_training)
+    if not np.isfinite(similarity).all():  # ranks of NaN scores would be metrics of nothing
+        bad = int((~np.isfinite(similarity)).sum())
+        raise InputError(f"{type(model).__name__}: {bad} of {similarity.size} scores of the {config.split} split are "
+                         f"NaN or infinite; refusing to report metrics of them (a broken checkpoint or a hole in "
+                         f"the frames)")
     metrics = retrieval_metrics(similarity, data.caption_video)
     metrics |= {
         "texts": len(data.caption_ids),

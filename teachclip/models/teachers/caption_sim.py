@@ -32,7 +32,7 @@ class CaptionSimOptions(Options):
     reduce: Literal["max", "mean"] = "max"
     split: str = "train"  # whose captions describe the videos
     empty_score: float = 0.0  # a video with no caption other than the query
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, le=65536)
 
 
 def default_model_path() -> Path:

@@ -47,18 +47,18 @@ from teachclip.models.teachers.common import (
 
 class TS2NetOptions(Options):
     shift: Literal["token", "channel", "none"] = "token"
-    shift_layers: int = Field(2, ge=0)  # the last n ViT blocks (before selection) shift
-    shift_div: int = Field(7, ge=2)
-    topk: int = Field(3, ge=1)  # patch tokens kept per frame, besides CLS
-    select_before_last: int = Field(0, ge=0)  # 0: select on the ViT output
-    temporal_layers: int = Field(4, ge=1)
-    max_frames: int = Field(12, ge=1)
+    shift_layers: int = Field(2, ge=0, le=64)  # the last n ViT blocks (before selection) shift
+    shift_div: int = Field(7, ge=2, le=4096)
+    topk: int = Field(3, ge=1, le=4096)  # patch tokens kept per frame, besides CLS
+    select_before_last: int = Field(0, ge=0, le=64)  # 0: select on the ViT output
+    temporal_layers: int = Field(4, ge=1, le=48)
+    max_frames: int = Field(12, ge=1, le=4096)
     pool_scale: float = Field(4.0, gt=0)  # the 4 of softmax_f(4 e_f / ||e||)
-    topk_samples: int = Field(500, ge=1)  # perturbed top-k (training only)
+    topk_samples: int = Field(500, ge=1, le=100_000)  # perturbed top-k (training only)
     topk_sigma: float = Field(0.05, gt=0)
     # token shift from frame t+1: patches p >= offset with (p - offset) % shift_div == 0 (None: offset
     # shift_div // 2). TS2-Net's code uses shift_div = (patches + 1) // 7 and offset 3 (B/32: 7 and 3)
-    shift_next_offset: int | None = Field(None, ge=0)
+    shift_next_offset: int | None = Field(None, ge=0, le=4096)
     # positions of the temporal transformer: "frame" (every token of frame f gets embedding f) or
     # "token" (token i of the joint frame-major sequence gets embedding i, as TS2-Net's code; the table
     # then has max_frames * (1 + topk) rows)
@@ -68,6 +68,9 @@ class TS2NetOptions(Options):
     def _check(self):
         if self.shift == "token" and self.shift_div < 2:
             raise ValueError("token shift needs shift_div >= 2")
+        if self.positions == "token" and self.max_frames * (1 + self.topk) > 65536:
+            raise ValueError(f"positions: token needs max_frames x (1 + topk) = {self.max_frames * (1 + self.topk)} "
+                             f"position embeddings; at most 65536")
         return self
 
 

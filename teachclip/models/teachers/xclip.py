@@ -38,8 +38,8 @@ from teachclip.models.teachers.common import (
 
 class XClipOptions(Options):
     video_head: Literal["meanP", "seqTransf"] = "seqTransf"
-    temporal_layers: int = Field(4, ge=1)
-    max_frames: int = Field(12, ge=1)  # size of the frame position embeddings and frame reweighting
+    temporal_layers: int = Field(4, ge=1, le=48)
+    max_frames: int = Field(12, ge=1, le=4096)  # size of the frame position embeddings and frame reweighting
     temperature: float = Field(0.01, gt=0)  # AOSM tau
     # frame features of the sentence-frame and frame-word scores (and of the frame relevance):
     # "temporal" = the video head's outputs; "clip" = the raw CLIP frame embeddings, as X-CLIP's code
