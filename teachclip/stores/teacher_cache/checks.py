@@ -50,6 +50,7 @@ from teachclip.stores.zarr_io import (
     ChunkGrid,
     check_chunk_presence,
     chunk_grid,
+    grid_indices,
     zstd_content_size,
 )
 
@@ -316,3 +317,29 @@ def _value_problem(name: str, values: np.ndarray, start: int, attrs: GroupAttrib
         problems = neighbour_problems(values, attrs.layout.n_videos, start)
         return problems[0] if problems else None
     return None
+
+
+# ---- the files of a group (push copies exactly these; pull accepts nothing else) ---------------------
+
+
+def group_files(grids: dict[str, ChunkGrid]) -> Iterator[str]:
+    """Every file a complete group with these arrays has, relative to the group directory."""
+    yield "zarr.json"
+    for name in sorted(grids):
+        yield f"{name}/zarr.json"
+        for index in grid_indices(grids[name].grid):
+            yield f"{name}/{grids[name].key(index)}"
+
+
+def max_stored_bytes(grid: ChunkGrid) -> int:
+    """The most bytes one chunk file (or shard file) of this grid can take on disk: its decoded size
+    plus zstd's worst-case expansion and the checksums (ids: at most MAX_ID_LENGTH characters each)."""
+    if grid.itemsize is None:
+        raw = 4 + grid.outer[0] * (4 + 4 * MAX_ID_LENGTH)
+    else:
+        raw = grid.chunk_nbytes or 0
+    chunk = raw + raw // 64 + 4096
+    if grid.inner is None:
+        return chunk
+    n_chunks = int(np.prod(grid.per_shard, dtype=np.int64))
+    return n_chunks * (chunk + 16) + 4

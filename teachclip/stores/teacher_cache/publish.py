@@ -78,16 +78,19 @@ def discard_partial_group(partial: Path, name: str) -> None:
     discard_bookkeeping(partial, name)
 
 
-def publish_groups(partial: Path, out: Path, names: Sequence[str]) -> None:
+def publish_groups(partial: Path, out: Path, names: Sequence[str], verified: Sequence[str] = ()) -> None:
     """Mark the finished groups ``names`` of ``partial`` complete and move them into ``out``.
 
     One rename of the whole partial store when ``out`` does not exist and nothing else is in
     progress there; otherwise one rename per group, leaving other groups of ``out`` untouched.
+    ``verified``: groups already complete and verified just now (a pull): moved as they are, so
+    that they keep every byte.
     """
     for name in names:
         check_group_name(name)
     for name in names:
-        mark_group_complete(partial / name)
+        if name not in verified:
+            mark_group_complete(partial / name)
         discard_bookkeeping(partial, name)
     if not out.exists() and set(group_names(partial)) == set(names):
         for folder in (PROGRESS_DIR, SCRATCH_DIR):
