@@ -340,9 +340,15 @@ def fetch_into(url: str, fingerprint: str, partial: Path, name: str) -> bool:
     entry = find_remote(url, fingerprint)
     if entry is None:
         return False
+    had_partial = partial.exists()
     discard_partial_group(partial, name)
     open_root(partial)
-    download_entry(entry, partial / name)
+    try:
+        download_entry(entry, partial / name)
+    except BaseException:
+        if not had_partial:
+            shutil.rmtree(partial, ignore_errors=True)  # it held nothing but this fetch
+        raise
     return True
 
 
