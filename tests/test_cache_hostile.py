@@ -906,6 +906,18 @@ class TestContentHash:
         assert cache_info(group_path)["groups"][0]["content_sha256"] is None
         assert open_group(group_path).content_sha256 is None
 
+    def test_a_group_without_a_hash_travels_unchanged_and_gains_one_by_export_import(self, tmp_path):
+        store = tmp_path / "teachers.zarr"
+        group_path = build(store)
+        recorded = attributes(group_path)["content_sha256"]
+        edit_attributes(group_path, lambda a: a.pop("content_sha256"))
+        push(store, str(tmp_path / "remote"))
+        pull(str(tmp_path / "remote"), tmp_path / "pulled.zarr")
+        assert sha256_tree(tmp_path / "pulled.zarr" / "teacher") == sha256_tree(group_path)  # every byte kept
+        export_hdf5(store, tmp_path / "old.h5")
+        import_hdf5(tmp_path / "old.h5", tmp_path / "imported.zarr")
+        assert attributes(tmp_path / "imported.zarr" / "teacher")["content_sha256"] == recorded
+
     def test_info_ls_and_sparse_groups_show_it(self, tmp_path):
         store = tmp_path / "teachers.zarr"
         dense = build(store, "a")
