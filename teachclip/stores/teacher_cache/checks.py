@@ -214,6 +214,9 @@ def check_ids(text_ids: list[str], video_ids: list[str], text_video: np.ndarray,
     """Ids sorted and unique (strictly increasing), every caption's own-video column in range."""
     problems = []
     for name, ids in ((TEXT_IDS, text_ids), (VIDEO_IDS, video_ids)):
+        if any(len(i) > MAX_ID_LENGTH for i in ids):
+            problems.append(f"{name}: an id longer than {MAX_ID_LENGTH} characters")
+            continue
         bad = next((i for i in range(1, len(ids)) if not ids[i - 1] < ids[i]), None)
         if bad is not None:
             problems.append(f"{name}: not sorted and unique (at position {bad}: {ids[bad - 1][:40]!r}, {ids[bad][:40]!r})")

@@ -21,6 +21,7 @@ from teachclip.stores.teacher_cache.checks import check_ids
 from teachclip.stores.teacher_cache.dense import create_group, write_block
 from teachclip.stores.teacher_cache.publish import discard_partial_group, mark_group_complete, publish_groups
 from teachclip.stores.teacher_cache.schema import (
+    MAX_CHUNK_BYTES,
     RELEVANCE,
     ROOT_ATTRIBUTES,
     SIMILARITY,
@@ -246,6 +247,18 @@ def _check_dataset(group: Any, name: str, dtype: np.dtype | None, shape: tuple[i
         raise SharingError(f"{where}: dtype {dataset.dtype} where {dtype} belongs")
     if dataset.shape != shape:
         raise SharingError(f"{where}: shape {dataset.shape} where the layout says {shape}")
+    # HDF5 reads storage that was never written as the fill value, without a word: demand all of it
+    if dataset.chunks is None:
+        stored, needed = dataset.id.get_storage_size(), dataset.nbytes if dtype is not None else min(1, dataset.size)
+        if stored < needed:
+            raise SharingError(f"{where}: {stored} bytes stored of {needed}: unwritten data would read as fill values")
+        return
+    if dtype is not None and int(np.prod(dataset.chunks, dtype=np.int64)) * dtype.itemsize > MAX_CHUNK_BYTES:
+        raise SharingError(f"{where}: chunks {dataset.chunks} larger than {MAX_CHUNK_BYTES >> 20} MiB")
+    expected = int(np.prod([-(-n // c) for n, c in zip(shape, dataset.chunks, strict=True)], dtype=np.int64))
+    stored = dataset.id.get_num_chunks()
+    if stored != expected:
+        raise SharingError(f"{where}: {stored} of {expected} chunks stored: the missing ones would read as fill values")
 
 
 def _import_group(h5group: Any, partial: Path, name: str, raw: dict[str, Any], h5_path: Path) -> None:
