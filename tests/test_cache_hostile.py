@@ -657,6 +657,20 @@ class TestDamagedStores:
             group.frame_relevance([4])
         group.similarity_block([0, 9], [6])  # the rows still there read as before
 
+    def test_an_incomplete_group_opens_but_serves_no_score(self, tmp_path):
+        partial = partial_path(tmp_path / "teachers.zarr")
+        identity = TeacherIdentity("xpool", {}, None, 1, True, "", "", "f", "m")
+        create_group(partial, "g", identity, CacheLayout(4, 2, 3, 2, 2, 2), list("abcd"), ["p", "q"], np.array([0, 1, 0, 1]))
+        write_block(partial / "g", 0, np.ones((2, 2)), np.ones((2, 3)))  # block 1 never written
+        group = open_group(partial / "g")
+        assert not group.complete and group.text_ids == list("abcd")
+        for read in (lambda: group.similarity_block([0], [0]), lambda: group.frame_relevance([0])):
+            with pytest.raises(TeacherCacheError, match="incomplete teacher cache group"):
+                read()
+        (partial / "g" / "text_video" / "c" / "0").unlink()  # its ids are checked all the same
+        with pytest.raises(TeacherCacheError, match="text_video: chunk c/0 is missing"):
+            open_group(partial / "g")
+
     def test_reads_out_of_range_are_refused(self, tmp_path):
         group = DenseGroup(build(tmp_path / "teachers.zarr"), in_memory=True)
         for rows, cols in (([10], [0]), ([-1], [0]), ([0], [7]), ([0], [-1])):

@@ -142,11 +142,12 @@ def read_array_grid(array_path: Path, spec: ArraySpec) -> ChunkGrid:
         raise TeacherCacheError(f"{array_path.name}: {exc}") from exc
 
 
-def check_group_files(path: Path, attrs: GroupAttributes,
-                      max_problems: int = MAX_PROBLEMS) -> tuple[dict[str, ChunkGrid], list[str]]:
+def check_group_files(path: Path, attrs: GroupAttributes, max_problems: int = MAX_PROBLEMS,
+                      present: set[str] | None = None) -> tuple[dict[str, ChunkGrid], list[str]]:
     """The chunk grid of every expected array and the problems found: metadata against the layout,
     then every chunk and shard present (cheap: sizes, shard indexes and chunk headers; bounded: at
-    most about ``max_problems`` problems)."""
+    most about ``max_problems`` problems). ``present``: the arrays whose chunks are demanded (default
+    all; the metadata of every array is checked in any case)."""
     grids, problems = {}, []
     for name, spec in sorted(expected_arrays(attrs).items()):
         if len(problems) >= max_problems:
@@ -155,6 +156,8 @@ def check_group_files(path: Path, attrs: GroupAttributes,
             grids[name] = read_array_grid(path / name, spec)
         except TeacherCacheError as exc:
             problems.append(str(exc))
+            continue
+        if present is not None and name not in present:
             continue
         try:
             meta = read_document(path / name / "zarr.json")
