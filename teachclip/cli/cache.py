@@ -37,6 +37,8 @@ def info(
         fail(f"{path}: teacher cache not found (nor {partial_path(path).name} in progress)")
     result = cache_info(path)
     typer.echo(json.dumps(result, indent=1, sort_keys=True) if as_json else format_info(result))
+    if any("error" in g for g in result["groups"] + result.get("in_progress", [])):
+        raise typer.Exit(1)  # a group whose metadata cannot be used (named above)
 
 
 def verify(path: Path = typer.Argument(..., help="teachers.zarr or teachers.zarr/<name>.")) -> None:
@@ -46,7 +48,8 @@ def verify(path: Path = typer.Argument(..., help="teachers.zarr or teachers.zarr
     checks = verify_store(path)
     for check in checks:
         if check.ok:
-            typer.echo(f"{check.path}: ok ({check.chunks_read} shards/chunks read)")
+            content = f"content {check.content_sha256}" if check.content_sha256 and not check.notes else "; ".join(check.notes)
+            typer.echo(f"{check.path}: ok ({check.chunks_read} shards/chunks read; {content})")
         for problem in check.problems:
             typer.secho(f"{check.path}: {problem}", fg=typer.colors.RED, err=True)
     if not all(check.ok for check in checks):
@@ -61,9 +64,11 @@ def ls(
     import json
     from dataclasses import asdict
 
-    from teachclip.stores.teacher_cache.remote import list_remote
+    from teachclip.stores.teacher_cache.remote import scan_remote
 
-    entries = list_remote(url)
+    entries, skipped = scan_remote(url)
+    for directory, reason in skipped:  # one unusable entry does not hide the others
+        typer.secho(f"skipped {directory}: {reason}", fg=typer.colors.RED, err=True)
     if as_json:
         typer.echo(json.dumps([asdict(e) | {"files": len(e.files)} for e in entries], indent=1, sort_keys=True))
         return
@@ -94,8 +99,14 @@ def pull(
     """Download teacher caches (checked file by file, then verified) into a store."""
     from teachclip.stores.teacher_cache.remote import pull as run
 
-    for group, fp, status in run(url, path, fingerprints=fingerprint or None, name=name, overwrite=overwrite):
-        typer.echo(f"{group}: {status} ({fp})")
+    results = run(url, path, fingerprints=fingerprint or None, name=name, overwrite=overwrite)
+    for group, fp, status in results:
+        if status.startswith("skipped"):
+            typer.secho(f"{group}: {status}", fg=typer.colors.RED, err=True)
+        else:
+            typer.echo(f"{group}: {status} ({fp})")
+    if any(status.startswith("skipped") for *_, status in results):
+        raise typer.Exit(1)  # the usable entries were pulled; the others are named above
 
 
 def export(

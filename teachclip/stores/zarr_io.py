@@ -19,6 +19,7 @@ import os
 import shutil
 import struct
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,17 @@ def chunk_presence(array_path: Path, max_chunks: int = 1 << 26) -> np.ndarray:
 
 
 # ---- checks: Zarr reads an absent chunk as its fill value without a word ------------------------
+#
+# The checks below read only what they must (file sizes, each shard's index from the end of the file,
+# the first bytes of each chunk), stop after ``max_problems`` problems, and never trust a size that
+# the metadata declares before comparing it with the bytes that are really there: a 2 KB zarr.json
+# declaring 10^10 rows costs a few missing-file lookups, not a loop over 10^10 keys.
+
+MAX_PROBLEMS = 5  # problems reported per array before a check stops
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ITEM_SIZES = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "int32": 4, "uint32": 4,
+              "float32": 4, "int64": 8, "uint64": 8, "float64": 8}
+MAX_DIMENSION = 1 << 48  # no array dimension (nor chunk dimension) of any store is beyond this
 
 
 def regions(shape: tuple[int, ...], step: tuple[int, ...]) -> Iterator[tuple[slice, ...]]:
@@ -222,56 +234,225 @@ def regions(shape: tuple[int, ...], step: tuple[int, ...]) -> Iterator[tuple[sli
         yield tuple(slice(g[i], min(g[i] + s, size)) for g, i, s, size in zip(grid, starts, step, shape, strict=True))
 
 
-def check_chunk_presence(array_path: Path, meta: dict) -> list[str]:
-    """Zarr reads an absent chunk or shard as the fill value without a word: demand each one."""
+@dataclass(frozen=True)
+class ChunkGrid:
+    """Where an array's chunks live, from its zarr.json (:func:`chunk_grid`): the grid of chunk files
+    (``outer``: the shard shape of a sharded array, else the chunk shape), the inner chunk shape of a
+    shard, the key separator, the codec chain applied to one chunk and the item size (None:
+    variable-length strings)."""
+
+    shape: tuple[int, ...]
+    outer: tuple[int, ...]
+    inner: tuple[int, ...] | None
+    separator: str
+    chain: tuple[str, ...]
+    itemsize: int | None
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Chunk files along each dimension."""
+        return tuple(-(-s // o) for s, o in zip(self.shape, self.outer, strict=True))
+
+    @property
+    def per_shard(self) -> tuple[int, ...]:
+        return tuple(o // i for o, i in zip(self.outer, self.inner or self.outer, strict=True))
+
+    @property
+    def chunk_nbytes(self) -> int | None:
+        """Decoded bytes of one (inner) chunk; None for variable-length data."""
+        return None if self.itemsize is None else math.prod(self.inner or self.outer) * self.itemsize
+
+    def key(self, index: Sequence[int]) -> str:
+        return "c" + "".join(f"{self.separator}{i}" for i in index)
+
+    def parse_key(self, key: str) -> tuple[int, ...] | None:
+        """The grid index of a chunk key, None if ``key`` is not a key of this grid."""
+        parts = key.split(self.separator)
+        if parts[0] != "c" or len(parts) != len(self.shape) + 1 or not all(p.isdigit() and p.isascii() for p in parts[1:]):
+            return None
+        index = tuple(int(p) for p in parts[1:])
+        if any(str(i) != p for i, p in zip(index, parts[1:], strict=True)):
+            return None  # leading zeros: not the key zarr would read
+        return index if all(i < g for i, g in zip(index, self.grid, strict=True)) else None
+
+
+def _int_list(value, what: str, minimum: int) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(type(v) is int and minimum <= v <= MAX_DIMENSION for v in value):
+        raise ValueError(f"{what} {str(value)[:80]} is not a list of integers >= {minimum}")
+    return tuple(value)
+
+
+def _codec_names(codecs, what: str) -> tuple[str, ...]:
+    if not isinstance(codecs, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in codecs):
+        raise ValueError(f"{what} {str(codecs)[:80]} is not a list of codecs")
+    return tuple(c["name"] for c in codecs)
+
+
+def chunk_grid(meta) -> ChunkGrid:
+    """Parse the chunk layout of an array's zarr.json document; ValueError naming what is malformed
+    (not a regular grid, chunk sizes that do not divide the shard, an index not at the end, ...)."""
+    if not isinstance(meta, dict) or meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
+        raise ValueError("not the metadata of a Zarr v3 array")
+    shape = _int_list(meta.get("shape"), "shape", 0)
+    grid = meta.get("chunk_grid")
+    if not isinstance(grid, dict) or grid.get("name") != "regular" or not isinstance(grid.get("configuration"), dict):
+        raise ValueError(f"chunk grid {str(grid)[:80]} is not a regular grid")
+    outer = _int_list(grid["configuration"].get("chunk_shape"), "chunk shape", 1)
+    if len(outer) != len(shape):
+        raise ValueError(f"chunk shape {list(outer)} does not fit shape {list(shape)}")
+    encoding = meta.get("chunk_key_encoding")
+    configuration = encoding.get("configuration", {}) if isinstance(encoding, dict) else None
+    separator = configuration.get("separator", "/") if isinstance(configuration, dict) else None
+    if not isinstance(encoding, dict) or encoding.get("name") != "default" or separator not in ("/", "."):
+        raise ValueError(f"unexpected chunk key encoding {str(encoding)[:80]}")
+    names = _codec_names(meta.get("codecs"), "codecs")
+    inner = None
+    if "sharding_indexed" in names:
+        if names != ("sharding_indexed",):
+            raise ValueError(f"codecs {list(names)}: sharding must be the only array codec")
+        config = meta["codecs"][0].get("configuration")
+        if not isinstance(config, dict):
+            raise ValueError("sharding codec without configuration")
+        inner = _int_list(config.get("chunk_shape"), "inner chunk shape", 1)
+        if len(inner) != len(shape) or any(o % i for o, i in zip(outer, inner, strict=True)):
+            raise ValueError(f"inner chunk shape {list(inner)} does not divide the shard shape {list(outer)}")
+        if config.get("index_location", "end") != "end" or _codec_names(config.get("index_codecs"), "index codecs") != (
+                "bytes", "crc32c"):
+            raise ValueError("unexpected shard index layout (expected bytes + crc32c at the end)")
+        names = _codec_names(config.get("codecs"), "inner codecs")
+    data_type = meta.get("data_type")
+    itemsize = None if data_type == "string" else ITEM_SIZES.get(data_type) if isinstance(data_type, str) else None
+    if itemsize is None and data_type != "string":
+        raise ValueError(f"unexpected data type {str(data_type)[:40]}")
+    return ChunkGrid(shape, outer, inner, separator, names, itemsize)
+
+
+def grid_indices(sizes: Sequence[int]) -> Iterator[tuple[int, ...]]:
+    """Every index of a grid in C order, lazily (itertools.product would first materialise each range)."""
+    if not sizes or any(n <= 0 for n in sizes):
+        if not sizes:
+            yield ()
+        return
+    for i in range(sizes[0]):
+        for rest in grid_indices(sizes[1:]):
+            yield (i, *rest)
+
+
+def zstd_content_size(frame: bytes) -> int | None:
+    """The decoded size a zstd frame header declares; None if ``frame`` does not start with a frame
+    header that declares one (the decoder would then size its output by what it decodes)."""
+    if len(frame) < 6 or frame[:4] != ZSTD_MAGIC:
+        return None
+    descriptor = frame[4]
+    size_flag, single_segment, dictionary_flag = descriptor >> 6, (descriptor >> 5) & 1, descriptor & 3
+    position = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dictionary_flag]
+    width = (1 if single_segment else 0, 2, 4, 8)[size_flag]
+    if width == 0 or len(frame) < position + width:
+        return None
+    value = int.from_bytes(frame[position : position + width], "little")
+    return value + 256 if width == 2 else value
+
+
+ZSTD_HEADER_BYTES = 18  # the longest zstd frame header
+
+
+def chunk_frame_problem(grid: ChunkGrid, head: bytes, length: int) -> str | None:
+    """What is wrong with a stored chunk of ``length`` bytes beginning with ``head``, judged by its
+    codec chain without decoding it: a chunk must not decode to more (or less) than one chunk."""
+    expected = grid.chunk_nbytes
+    if grid.chain[-1:] != ("crc32c",):
+        return None  # a chain these checks do not know: nothing to say
+    if grid.chain == ("bytes", "crc32c"):
+        return None if expected is None or length == expected + 4 else f"is {length} bytes, not {expected + 4}"
+    if grid.chain[-2:] == ("zstd", "crc32c") and len(grid.chain) == 3:
+        declared = zstd_content_size(head)
+        if declared is None:
+            return "does not start with a zstd frame that declares its size"
+        if expected is not None and declared != expected:
+            return f"declares {declared} decoded bytes, not {expected}"
+    return None
+
+
+def check_chunk_presence(array_path: Path, meta: dict, max_problems: int = MAX_PROBLEMS) -> list[str]:
+    """Zarr reads an absent chunk or shard as the fill value without a word: demand each one (a plain
+    file, not a link), read each shard's index from the end of its file (crc32c-checked) and demand
+    every inner chunk inside the array bounds, inside the file, and of the size its codecs imply.
+    Cheap (file sizes, shard indexes and chunk headers only) and bounded (stops after
+    ``max_problems`` problems)."""
     name = array_path.name
-    shape = meta["shape"]
-    outer = meta["chunk_grid"]["configuration"]["chunk_shape"]
-    encoding = meta.get("chunk_key_encoding", {})
-    separator = encoding.get("configuration", {}).get("separator", "/")
-    if encoding.get("name") != "default":
-        return [f"{name}: unexpected chunk key encoding {encoding}"]
-    sharding = next((c for c in meta["codecs"] if c["name"] == "sharding_indexed"), None)
-    problems = []
-    for index in np.ndindex(*[math.ceil(s / c) for s, c in zip(shape, outer, strict=True)]):
-        key = "c" + "".join(f"{separator}{i}" for i in index)
+    try:
+        grid = chunk_grid(meta)
+    except ValueError as exc:
+        return [f"{name}: {exc}"]
+    problems: list[str] = []
+    for index in grid_indices(grid.grid):
+        if len(problems) >= max_problems:
+            problems.append(f"{name}: ... (stopped after {max_problems} problems)")
+            break
+        key = grid.key(index)
         file = array_path / key
-        if not file.is_file():
-            problems.append(f"{name}: {'shard' if sharding else 'chunk'} {key} is missing")
+        if file.is_symlink() or not file.is_file():
+            kind = "shard" if grid.inner else "chunk"
+            problems.append(f"{name}: {kind} {key} is {'a link' if file.is_symlink() else 'missing'}")
             continue
-        if sharding is not None:
-            problems.extend(check_shard(file, name, key, shape, outer, index, sharding["configuration"]))
+        budget = max_problems - len(problems)
+        if grid.inner is not None:
+            problems.extend(check_shard(file, name, key, grid, index, budget))
+        else:
+            problems.extend(_check_chunk_file(file, name, key, grid))
     return problems
 
 
-def check_shard(file: Path, name: str, key: str, shape: list[int], outer: list[int], index: tuple[int, ...],
-                 config: dict) -> list[str]:
-    """Read a shard's index (crc32c-checked) and demand every inner chunk inside the array bounds."""
+def _check_chunk_file(file: Path, name: str, key: str, grid: ChunkGrid) -> list[str]:
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        head = handle.read(ZSTD_HEADER_BYTES)
+    problem = chunk_frame_problem(grid, head, size)
+    return [f"{name}: chunk {key} {problem}"] if problem else []
+
+
+def check_shard(file: Path, name: str, key: str, grid: ChunkGrid, index: tuple[int, ...],
+                max_problems: int = MAX_PROBLEMS) -> list[str]:
+    """Read a shard's index from the end of its file (crc32c-checked) and demand every inner chunk
+    inside the array bounds: present, inside the file and of the size its codecs imply."""
     import google_crc32c
 
-    if config.get("index_location", "end") != "end" or [c["name"] for c in config["index_codecs"]] != [
-        "bytes", "crc32c"
-    ]:
-        return [f"{name}: unexpected shard index layout {config}"]
-    inner = config["chunk_shape"]
-    per_shard = [o // i for o, i in zip(outer, inner, strict=True)]
+    assert grid.inner is not None
+    per_shard = grid.per_shard
     n_chunks = math.prod(per_shard)
     index_size = 16 * n_chunks + 4
-    data = file.read_bytes()
-    if len(data) < index_size:
-        return [f"{name}: shard {key} is truncated ({len(data)} bytes)"]
-    index_bytes, stored_crc = data[-index_size:-4], data[-4:]
-    if struct.pack("<I", google_crc32c.value(index_bytes)) != stored_crc:
-        return [f"{name}: shard {key} has a corrupt chunk index (crc32c mismatch)"]
-    entries = np.frombuffer(index_bytes, dtype="<u8").reshape(*per_shard, 2)
-    problems = []
-    for inner_index in np.ndindex(*per_shard):
-        start = [o * i + k * c for o, i, k, c in zip(outer, index, inner_index, inner, strict=True)]
-        if any(s >= size for s, size in zip(start, shape, strict=True)):
-            continue  # entirely outside the array: never written
-        offset, length = (int(v) for v in entries[inner_index])
-        if offset == MISSING and length == MISSING:
-            problems.append(f"{name}: shard {key} lacks chunk {list(inner_index)}")
-        elif offset + length > len(data) - index_size:
-            problems.append(f"{name}: shard {key} chunk {list(inner_index)} points past the end of the file")
+    size = file.stat().st_size
+    if size < index_size:
+        return [f"{name}: shard {key} is truncated ({size} bytes, its index alone takes {index_size})"]
+    with open(file, "rb") as handle:
+        handle.seek(size - index_size)
+        tail = handle.read(index_size)
+        index_bytes, stored_crc = tail[:-4], tail[-4:]
+        if struct.pack("<I", google_crc32c.value(index_bytes)) != stored_crc:
+            return [f"{name}: shard {key} has a corrupt chunk index (crc32c mismatch)"]
+        entries = np.frombuffer(index_bytes, dtype="<u8").reshape(*per_shard, 2)
+        offsets, lengths = entries[..., 0], entries[..., 1]
+        inside = np.ones(per_shard, dtype=bool)  # inner chunks that start inside the array (the others are never written)
+        for dim, (o, i, c, s) in enumerate(zip(grid.outer, index, grid.inner, grid.shape, strict=True)):
+            starts = o * i + np.arange(per_shard[dim], dtype=np.int64) * c
+            inside &= (starts < s).reshape([-1 if d == dim else 1 for d in range(len(per_shard))])
+        absent = (offsets == MISSING) & (lengths == MISSING)
+        data_end = np.uint64(size - index_size)
+        past_end = ~absent & ((offsets > data_end) | (lengths > data_end - np.minimum(offsets, data_end)))
+        problems = []
+        for inner_index in zip(*np.nonzero(inside & (absent | past_end)), strict=True):
+            if len(problems) >= max_problems:
+                break
+            what = "lacks chunk" if absent[inner_index] else "points past the end of the file for chunk"
+            problems.append(f"{name}: shard {key} {what} {[int(i) for i in inner_index]}")
+        if problems:
+            return problems
+        for inner_index in zip(*np.nonzero(inside), strict=True):
+            offset, length = int(offsets[inner_index]), int(lengths[inner_index])
+            handle.seek(offset)
+            problem = chunk_frame_problem(grid, handle.read(min(length, ZSTD_HEADER_BYTES)), length)
+            if problem:
+                problems.append(f"{name}: shard {key} chunk {[int(i) for i in inner_index]} {problem}")
+                if len(problems) >= max_problems:
+                    break
     return problems

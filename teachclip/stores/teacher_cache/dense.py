@@ -14,25 +14,31 @@ from typing import Any
 import numpy as np
 import zarr
 
+from teachclip.stores.teacher_cache.checks import (
+    check_group_files,
+    check_ids,
+    read_ids,
+)
 from teachclip.stores.teacher_cache.schema import (
     IN_MEMORY_LIMIT_BYTES,
     RELEVANCE,
-    SCHEMA_VERSION,
     SIMILARITY,
     TEXT_IDS,
     TEXT_VIDEO,
     VIDEO_IDS,
     CacheLayout,
+    GroupAttributes,
     TeacherCacheError,
     TeacherIdentity,
     check_group_name,
     group_attributes,
     layout_from_attributes,
     open_root,
+    parse_group_attributes,
     read_group_attributes,
     round_up,
 )
-from teachclip.stores.zarr_io import create_array, read_strings, write_strings
+from teachclip.stores.zarr_io import create_array, write_strings
 
 
 def create_group(
@@ -107,7 +113,13 @@ def write_block(group_path: str | Path, block: int, similarity: np.ndarray, rele
 class GroupReader:
     """What dense and sparse group readers share: identity, ids and their lookups, frame relevance.
 
-    Subclasses read their score arrays and implement :meth:`similarity_block`.
+    Opening a group checks it before anything is read by a size it declares: the attributes
+    (:class:`.schema.GroupAttributes`: types, ranges, layout), every array's metadata against the
+    layout, and, for a complete group, every chunk and shard present on disk (zarr would read an
+    absent one as its fill value without a word). The ids are then read with their count checked,
+    and must be sorted and unique with every ``text_video`` column in range. What a read returns is
+    checked too: a non-finite score or relevance raises :class:`TeacherCacheError` naming the store,
+    the array and the rows. Subclasses read their score arrays and implement :meth:`similarity_block`.
     """
 
     def __init__(self, path: str | Path):
@@ -115,11 +127,8 @@ class GroupReader:
         attrs = read_group_attributes(self.path)
         if attrs is None:
             raise TeacherCacheError(f"{self.path}: not a teacher cache group (no teachclip group metadata)")
-        if attrs.get("schema_version") != SCHEMA_VERSION:
-            raise TeacherCacheError(
-                f"{self.path}: schema_version {attrs.get('schema_version')} (this code reads {SCHEMA_VERSION})"
-            )
         self.attrs: dict[str, Any] = attrs
+        self.checked: GroupAttributes = parse_group_attributes(attrs, self.path / "zarr.json")
         self.name: str = self.path.name
         self.kind: str = attrs["kind"]
         self.fingerprint: str = attrs["fingerprint"]
@@ -128,16 +137,33 @@ class GroupReader:
         self.complete: bool = bool(attrs["complete"])
         self.has_frame_relevance: bool = bool(attrs["has_frame_relevance"])
         self.layout = layout_from_attributes(attrs)
+        self.content_sha256: str | None = attrs.get("content_sha256")
+        # a partial group lacks score chunks by definition (its consumers refuse it); its ids are all there
+        present = None if self.complete else {TEXT_IDS, VIDEO_IDS, TEXT_VIDEO}
+        _, problems = check_group_files(self.path, self.checked, present=present)
+        if problems:
+            raise TeacherCacheError(f"{self.path}: {problems[0]}"
+                                    + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else "")
+                                    + "; run `teach cache verify`")
+        self.text_ids: list[str] = self._checked(read_ids, self.path / TEXT_IDS, self.layout.n_texts)
+        self.video_ids: list[str] = self._checked(read_ids, self.path / VIDEO_IDS, self.layout.n_videos)
         try:
             self.group = zarr.open_group(self.path, mode="r")
-            self.text_ids: list[str] = read_strings(self.group[TEXT_IDS])
-            self.video_ids: list[str] = read_strings(self.group[VIDEO_IDS])
-            self.text_video: np.ndarray = np.asarray(self.group[TEXT_VIDEO][...], dtype=np.int64)
+            self.text_video: np.ndarray = np.asarray(self._read_checked(self.group[TEXT_VIDEO], ...), dtype=np.int64)
             self._relevance: Any = self.group[RELEVANCE] if self.has_frame_relevance else None
         except (KeyError, ValueError, OSError) as exc:
             raise TeacherCacheError(f"{self.path}: cannot read the group's arrays ({exc})") from exc
+        problems = check_ids(self.text_ids, self.video_ids, self.text_video, self.layout.n_videos)
+        if problems:
+            raise TeacherCacheError(f"{self.path}: {problems[0]}")
         self._text_rows = {caption_id: row for row, caption_id in enumerate(self.text_ids)}
         self._video_cols = {video_id: col for col, video_id in enumerate(self.video_ids)}
+
+    def _checked(self, read, *args):
+        try:
+            return read(*args)
+        except TeacherCacheError as exc:
+            raise TeacherCacheError(f"{self.path}: {exc}; run `teach cache verify`") from exc
 
     @property
     def frames_per_video(self) -> int:
@@ -165,11 +191,21 @@ class GroupReader:
         """float32 [len(text_rows), T] raw relevance of each caption against its own video's frames."""
         if self._relevance is None:
             raise TeacherCacheError(f"{self.path}: teacher {self.kind!r} has no frame relevance")
-        rows = np.asarray(text_rows, dtype=np.int64)
+        rows = self._rows(text_rows)
         if isinstance(self._relevance, np.ndarray):
             return self._relevance[rows].astype(np.float32)
         unique_rows, row_pos = np.unique(rows, return_inverse=True)
-        return self._read_checked(self._relevance.oindex, (unique_rows, slice(None)))[row_pos].astype(np.float32)
+        values = self._read_checked(self._relevance.oindex, (unique_rows, slice(None)))
+        return self._finite(values, RELEVANCE, unique_rows)[row_pos].astype(np.float32)
+
+    def _rows(self, text_rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Checked rows of a score read (and the group must be complete: a partial one has holes)."""
+        if not self.complete:
+            raise TeacherCacheError(f"{self.path}: incomplete teacher cache group; its scores are not all written")
+        rows = np.asarray(text_rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.layout.n_texts):
+            raise TeacherCacheError(f"{self.path}: row out of range 0..{self.layout.n_texts - 1}")
+        return rows
 
     def _lookup(self, table: dict[str, int], ids: Sequence[str], what: str) -> np.ndarray:
         missing = [i for i in ids if i not in table]
@@ -183,40 +219,58 @@ class GroupReader:
     def _read_checked(self, source: Any, selection: Any) -> np.ndarray:
         try:
             return np.asarray(source[selection])
-        except ValueError as exc:  # zarr's crc32c codec raises ValueError on a checksum mismatch
-            raise TeacherCacheError(f"{self.path}: corrupt chunk ({exc}); run `teach cache verify`") from exc
+        except Exception as exc:  # crc32c mismatch (ValueError), a chunk gone or changed since the group was opened
+            raise TeacherCacheError(f"{self.path}: corrupt chunk ({type(exc).__name__}: {exc}); "
+                                    f"run `teach cache verify`") from exc
+
+    def _finite(self, values: np.ndarray, array: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """``values`` if every one is finite; else TeacherCacheError naming the store, the array and a row
+        (a NaN is what zarr returns for a chunk that is not there)."""
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = int(np.argmax(~finite.reshape(len(values), -1).all(axis=1)))
+            row = int(rows[bad]) if rows is not None else bad
+            raise TeacherCacheError(f"{self.path}: {array}: non-finite value in row {row} (missing or damaged data "
+                                    f"reads as NaN); run `teach cache verify`")
+        return values
 
 
 class DenseGroup(GroupReader):
     """A dense group: ``similarity_block`` serves random training batches from RAM when the matrix
     was loaded (``in_memory``; None: when it is at most ``IN_MEMORY_LIMIT_BYTES``), else by decoding
-    only the chunks the batch touches."""
+    only the chunks the batch touches. What is loaded, and every block read from disk, is checked
+    to be finite."""
 
     def __init__(self, path: str | Path, in_memory: bool | None = None):
         super().__init__(path)
+        if self.checked.sparse is not None:
+            raise TeacherCacheError(f"{self.path}: a sparse teacher cache group; open it with open_group")
         try:
             self._similarity: Any = self.group[SIMILARITY]
         except KeyError as exc:
             raise TeacherCacheError(f"{self.path}: cannot read the group's arrays ({exc})") from exc
         if in_memory is None:
             in_memory = self.layout.n_texts * self.layout.n_videos * 2 <= IN_MEMORY_LIMIT_BYTES
-        if in_memory:
-            self._similarity = self._read_checked(self._similarity, ...)
+        if in_memory and self.complete:
+            self._similarity = self._finite(self._read_checked(self._similarity, ...), SIMILARITY)
             if self._relevance is not None:
-                self._relevance = self._read_checked(self._relevance, ...)
+                self._relevance = self._finite(self._read_checked(self._relevance, ...), RELEVANCE)
 
     @property
     def in_memory(self) -> bool:
         return isinstance(self._similarity, np.ndarray)
 
     def similarity_block(self, text_rows: Sequence[int] | np.ndarray, video_cols: Sequence[int] | np.ndarray) -> np.ndarray:
-        rows = np.asarray(text_rows, dtype=np.int64)
+        rows = self._rows(text_rows)
         cols = np.asarray(video_cols, dtype=np.int64)
+        if cols.size and (cols.min() < 0 or cols.max() >= self.layout.n_videos):
+            raise TeacherCacheError(f"{self.path}: column out of range 0..{self.layout.n_videos - 1}")
         if self.in_memory:
             return self._similarity[np.ix_(rows, cols)].astype(np.float32)
         unique_rows, row_pos = np.unique(rows, return_inverse=True)
         unique_cols, col_pos = np.unique(cols, return_inverse=True)
-        block = self._read_checked(self._similarity.oindex, (unique_rows, unique_cols))
+        block = self._finite(self._read_checked(self._similarity.oindex, (unique_rows, unique_cols)), SIMILARITY,
+                             unique_rows)
         return block[np.ix_(row_pos, col_pos)].astype(np.float32)
 
     def __repr__(self) -> str:

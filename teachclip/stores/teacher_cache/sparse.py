@@ -35,10 +35,15 @@ import numpy as np
 import zarr
 
 from teachclip.core.fingerprint import canonical_json, fingerprint
+from teachclip.stores.teacher_cache.checks import neighbour_problems
 from teachclip.stores.teacher_cache.dense import DenseGroup, GroupReader
 from teachclip.stores.teacher_cache.publish import publish_groups
 from teachclip.stores.teacher_cache.schema import (
+    NEIGHBOUR_SCORES,
+    NEIGHBOUR_VIDEOS,
+    OWN_SCORE,
     RELEVANCE,
+    REST_MEAN,
     TEXT_IDS,
     TEXT_VIDEO,
     VIDEO_IDS,
@@ -49,10 +54,8 @@ from teachclip.stores.teacher_cache.schema import (
 )
 from teachclip.stores.zarr_io import create_array, partial_path, write_strings
 
-NEIGHBOUR_VIDEOS = "neighbour_videos"
-NEIGHBOUR_SCORES = "neighbour_scores"
-OWN_SCORE = "own_score"
-REST_MEAN = "rest_mean"
+__all__ = ["FILL_RULE", "NEIGHBOUR_SCORES", "NEIGHBOUR_VIDEOS", "OWN_SCORE", "REST_MEAN", "SparseGroup", "is_sparse",
+           "sparse_fingerprint", "sparsify", "top_k_of_rows"]
 FILL_RULE = "rest_mean"  # unknown entries read as the mean of the row's scores outside the top k
 
 
@@ -137,27 +140,38 @@ def is_sparse(attrs: dict[str, Any]) -> bool:
 
 class SparseGroup(GroupReader):
     """The dense reader's API over a sparse group (module docstring), plus :meth:`known_mask` and
-    :meth:`neighbours`. Its arrays are small (K per caption) and always read into memory."""
+    :meth:`neighbours`. Its arrays are small (K per caption) and always read into memory, where they
+    are checked: scores finite, neighbour columns in range and distinct per row."""
 
     def __init__(self, path: str | Path):
         super().__init__(path)
-        if not is_sparse(self.attrs):
+        if self.checked.sparse is None:
             raise TeacherCacheError(f"{self.path}: not a sparse teacher cache group")
-        self.top_k: int = self.attrs["sparse"]["top_k"]
+        if self.checked.sparse.fill != FILL_RULE:
+            raise TeacherCacheError(f"{self.path}: sparse fill rule {self.checked.sparse.fill!r}: this code reads "
+                                    f"{FILL_RULE!r}")
+        self.top_k: int = self.checked.sparse.top_k
+        if not self.complete:  # nothing to load: every score read refuses an incomplete group
+            empty = np.zeros((0, self.top_k))
+            self._neighbours, self._scores, self._own, self._rest = empty.astype(np.int32), empty, empty[:, 0], empty[:, 0]
+            return
         try:
             # kept as stored (int32, float16): RAM = the arrays' uncompressed size (bench/sparse.py)
             self._neighbours = self._read_checked(self.group[NEIGHBOUR_VIDEOS], ...)
-            self._scores = self._read_checked(self.group[NEIGHBOUR_SCORES], ...)
-            self._own = self._read_checked(self.group[OWN_SCORE], ...)
-            self._rest = self._read_checked(self.group[REST_MEAN], ...)
+            self._scores = self._finite(self._read_checked(self.group[NEIGHBOUR_SCORES], ...), NEIGHBOUR_SCORES)
+            self._own = self._finite(self._read_checked(self.group[OWN_SCORE], ...), OWN_SCORE)
+            self._rest = self._finite(self._read_checked(self.group[REST_MEAN], ...), REST_MEAN)
             if self._relevance is not None:
-                self._relevance = self._read_checked(self._relevance, ...)
+                self._relevance = self._finite(self._read_checked(self._relevance, ...), RELEVANCE)
         except (KeyError, OSError) as exc:
             raise TeacherCacheError(f"{self.path}: cannot read the sparse group's arrays ({exc})") from exc
+        problems = neighbour_problems(self._neighbours, self.layout.n_videos)
+        if problems:
+            raise TeacherCacheError(f"{self.path}: {problems[0]}; run `teach cache verify`")
 
     def neighbours(self, text_rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(video columns int64 [n, K], scores float32 [n, K]) of each caption's stored top-k."""
-        rows = np.asarray(text_rows, dtype=np.int64)
+        rows = self._rows(text_rows)
         return self._neighbours[rows].astype(np.int64), self._scores[rows].astype(np.float32)
 
     def known_mask(self, text_rows: Sequence[int] | np.ndarray, video_cols: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -170,7 +184,7 @@ class SparseGroup(GroupReader):
         return self._lookup_block(text_rows, video_cols)[0]
 
     def _lookup_block(self, text_rows, video_cols) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.asarray(text_rows, dtype=np.int64)
+        rows = self._rows(text_rows)
         cols = np.asarray(video_cols, dtype=np.int64)
         neighbours, scores = self._neighbours[rows], self._scores[rows].astype(np.float32)
         match = neighbours[:, None, :] == cols[None, :, None]  # [n, m, K]

@@ -1,14 +1,18 @@
 """Check and describe teacher caches: ``teach cache verify`` and ``teach cache info``.
 
-``verify`` demands every chunk and shard of every array on disk (Zarr would read an absent one as
-its fill value without a word), reads every chunk (crc32c), checks the identity recorded in the
-attributes against the fingerprint (dense and sparse groups), the array shapes against the layout,
-and the ids (sorted, unique, columns in range). ``info`` lists what a store holds.
+``verify`` validates the attributes (types, ranges, layout), checks the identity they record against
+the fingerprint (dense and sparse groups), every array's metadata against the layout, demands every
+chunk and shard on disk (Zarr would read an absent one as its fill value without a word), checks the
+ids (sorted, unique, columns in range: always, even when something else is wrong), then reads every
+value once (crc32c, finite scores, neighbour columns) and recomputes the **content hash**, which
+must equal the recorded ``content_sha256``. The fingerprint says "computed from these inputs" (a
+claim only a recomputation can check); the content hash says "these exact values" (verify proves
+it). Groups completed before content hashes existed pass with the note "no content hash".
+``info`` lists what a store holds.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,29 +21,34 @@ import numpy as np
 import zarr
 
 from teachclip.stores.teacher_cache import sparse
+from teachclip.stores.teacher_cache.checks import (
+    check_group_files,
+    check_ids,
+    read_ids,
+    scan_group,
+)
 from teachclip.stores.teacher_cache.publish import done_of
 from teachclip.stores.teacher_cache.schema import (
-    RELEVANCE,
     SIMILARITY,
     TEXT_IDS,
     TEXT_VIDEO,
     VIDEO_IDS,
-    CacheLayout,
+    GroupAttributes,
     TeacherCacheError,
-    TeacherIdentity,
     group_names,
     identity_from_attributes,
     layout_from_attributes,
+    parse_group_attributes,
     read_group_attributes,
 )
 from teachclip.stores.zarr_io import (
-    check_chunk_presence,
+    MAX_PROBLEMS,
     done_units,
     partial_path,
-    read_strings,
-    regions,
     tree_bytes,
 )
+
+NO_CONTENT_HASH = "no content hash (completed before content hashes existed): its values cannot be proven"
 
 
 @dataclass
@@ -47,17 +56,28 @@ class GroupCheck:
     path: Path
     chunks_read: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what verify could not prove, without being a problem
+    content_sha256: str | None = None  # recomputed from the values (when every value could be read)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    def add(self, problems: list[str]) -> None:
+        """Add problems (no repeats), keeping the list bounded."""
+        for problem in problems:
+            if problem not in self.problems and len(self.problems) < 4 * MAX_PROBLEMS:
+                self.problems.append(problem)
+
 
 def verify_store(path: str | Path) -> list[GroupCheck]:
     """Check every group of a store (or one group): completeness, identity, every chunk's presence
-    and crc32c checksum. Intact only if every returned check has no problems."""
+    and crc32c checksum, the content hash. Intact only if every returned check has no problems."""
     path = Path(path)
-    if read_group_attributes(path) is not None:
+    try:
+        if read_group_attributes(path) is not None:
+            return [verify_group(path)]
+    except TeacherCacheError:
         return [verify_group(path)]
     names = group_names(path)
     if not names:
@@ -67,54 +87,87 @@ def verify_store(path: str | Path) -> list[GroupCheck]:
     return [verify_group(path / name) for name in names]
 
 
-def verify_group(path: str | Path) -> GroupCheck:
-    """The checks of :func:`verify_store` for one group, dense or sparse (``teach cache sparsify``)."""
+def verify_group(path: str | Path, require_complete: bool = True) -> GroupCheck:
+    """The checks of :func:`verify_store` for one group, dense or sparse (``teach cache sparsify``).
+    ``require_complete=False``: the same checks for a group about to be completed (import)."""
     path = Path(path)
     check = GroupCheck(path)
     try:
-        attrs = read_group_attributes(path)
+        raw = read_group_attributes(path)
     except TeacherCacheError as exc:
         check.problems.append(str(exc))
         return check
-    if attrs is None:
+    if raw is None:
         check.problems.append("not a teacher cache group")
         return check
-    if not attrs.get("complete"):
+    attrs = parse_group_attributes(raw, path / "zarr.json")
+    if require_complete and not attrs.complete:
         check.problems.append("incomplete: the extraction that writes it has not finished")
-    try:
-        identity = identity_from_attributes(attrs)
-        layout = layout_from_attributes(attrs)
-    except (KeyError, TypeError) as exc:
-        check.problems.append(f"attributes lack the teacher identity or layout ({exc})")
+    identity = identity_from_attributes(raw)
+    if attrs.sparse is not None:
+        _check_sparse_identity(attrs, identity, check)
+    elif identity.fingerprint != attrs.fingerprint:
+        check.problems.append(
+            f"fingerprint {attrs.fingerprint} does not match the identity in the attributes "
+            f"({identity.fingerprint}): the metadata was altered"
+        )
+    grids, file_problems = check_group_files(path, attrs)
+    check.add(file_problems)
+    check.add(_id_problems(path, attrs, file_problems))
+    if file_problems:
         return check
-    top_k = None
-    if "sparse" in attrs:
-        top_k = _check_sparse_identity(attrs, identity, layout, check)
-        if top_k is None:
-            return check
-        expected = _sparse_arrays(layout, top_k)
-    else:
-        if identity.fingerprint != attrs.get("fingerprint"):
-            check.problems.append(
-                f"fingerprint {attrs.get('fingerprint')} does not match the identity in the attributes "
-                f"({identity.fingerprint}): the metadata was altered"
-            )
-        expected = {SIMILARITY: (layout.n_texts, layout.n_videos)}
-    expected |= {
-        TEXT_IDS: (layout.n_texts,),
-        VIDEO_IDS: (layout.n_videos,),
-        TEXT_VIDEO: (layout.n_texts,),
-    }
-    if identity.has_frame_relevance:
-        expected[RELEVANCE] = (layout.n_texts, layout.frames_per_video)
-    for name, shape in expected.items():
-        check.problems.extend(_check_array(path / name, shape, check))
-    if not check.problems:
-        check.problems.extend(_check_ids(path, layout, top_k))
+    scan = scan_group(path, attrs, grids)
+    check.chunks_read = scan.reads
+    check.add(scan.problems)
+    check.content_sha256 = scan.content_sha256
+    if scan.content_sha256 is not None:
+        if attrs.content_sha256 is None:
+            if attrs.complete:
+                check.notes.append(NO_CONTENT_HASH)
+        elif attrs.content_sha256 != scan.content_sha256:
+            check.add([f"content hash {attrs.content_sha256} recorded, but the values hash to {scan.content_sha256}: "
+                       f"the data or its metadata was altered"])
     return check
 
 
-def _sparse_arrays(layout: CacheLayout, top_k: int) -> dict[str, tuple[int, ...]]:
+def _id_problems(path: Path, attrs: GroupAttributes, file_problems: list[str]) -> list[str]:
+    """The id checks (sorted unique ids, text_video in range), run whenever the id arrays are intact,
+    whatever else is wrong."""
+    damaged = {p.split(":", 1)[0] for p in file_problems}
+    if damaged & {TEXT_IDS, VIDEO_IDS, TEXT_VIDEO}:
+        return []
+    try:
+        text_ids = read_ids(path / TEXT_IDS, attrs.layout.n_texts)
+        video_ids = read_ids(path / VIDEO_IDS, attrs.layout.n_videos)
+        text_video = np.asarray(zarr.open_array(path / TEXT_VIDEO, mode="r")[...])
+    except TeacherCacheError as exc:
+        return [str(exc)]
+    except Exception as exc:  # a corrupt text_video chunk
+        return [f"{TEXT_VIDEO}: corrupt data ({type(exc).__name__}: {exc})"]
+    return check_ids(text_ids, video_ids, text_video, attrs.layout.n_videos)
+
+
+def _check_sparse_identity(attrs: GroupAttributes, identity, check: GroupCheck) -> None:
+    """A sparse group's identity: its dense source's (recomputed from the attributes) and its own
+    fingerprint ``sparse_fingerprint(dense_fingerprint, top_k)``."""
+    meta = attrs.sparse
+    assert meta is not None
+    if identity.fingerprint != meta.dense_fingerprint:
+        check.problems.append(
+            f"sparse dense_fingerprint {meta.dense_fingerprint} does not match the identity in the attributes "
+            f"({identity.fingerprint}): the metadata was altered"
+        )
+    expected = sparse.sparse_fingerprint(meta.dense_fingerprint, meta.top_k)
+    if attrs.fingerprint != expected:
+        check.problems.append(
+            f"fingerprint {attrs.fingerprint} is not the sparse fingerprint of dense_fingerprint and "
+            f"top_k {meta.top_k} ({expected}): the metadata was altered"
+        )
+    if meta.fill != sparse.FILL_RULE:
+        check.problems.append(f"sparse fill rule {meta.fill!r}: this code reads {sparse.FILL_RULE!r}")
+
+
+def _sparse_arrays(layout, top_k: int) -> dict[str, tuple[int, ...]]:
     """The score arrays of a sparse group (:mod:`teachclip.stores.teacher_cache.sparse`) and their shapes."""
     return {
         sparse.NEIGHBOUR_VIDEOS: (layout.n_texts, top_k),
@@ -124,93 +177,19 @@ def _sparse_arrays(layout: CacheLayout, top_k: int) -> dict[str, tuple[int, ...]
     }
 
 
-def _check_sparse_identity(attrs: dict[str, Any], identity: TeacherIdentity, layout: CacheLayout,
-                           check: GroupCheck) -> int | None:
-    """A sparse group's identity: its dense source's (recomputed from the attributes) and its own
-    fingerprint ``sparse_fingerprint(dense_fingerprint, top_k)``. Returns top_k, None if unusable."""
-    meta = attrs["sparse"]
-    top_k = meta.get("top_k") if isinstance(meta, dict) else None
-    dense_fingerprint = meta.get("dense_fingerprint") if isinstance(meta, dict) else None
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or not isinstance(dense_fingerprint, str):
-        check.problems.append(f"attribute sparse {meta!r} lacks an integer top_k or a dense_fingerprint")
-        return None
-    if not 1 <= top_k <= layout.n_videos:
-        check.problems.append(f"sparse top_k {top_k} outside 1..{layout.n_videos} (the videos in the layout)")
-        return None
-    if identity.fingerprint != dense_fingerprint:
-        check.problems.append(
-            f"sparse dense_fingerprint {dense_fingerprint} does not match the identity in the attributes "
-            f"({identity.fingerprint}): the metadata was altered"
-        )
-    expected = sparse.sparse_fingerprint(dense_fingerprint, top_k)
-    if attrs.get("fingerprint") != expected:
-        check.problems.append(
-            f"fingerprint {attrs.get('fingerprint')} is not the sparse fingerprint of dense_fingerprint and "
-            f"top_k {top_k} ({expected}): the metadata was altered"
-        )
-    if meta.get("fill") != sparse.FILL_RULE:
-        check.problems.append(f"sparse fill rule {meta.get('fill')!r}: this code reads {sparse.FILL_RULE!r}")
-    return top_k
-
-
-def _check_array(array_path: Path, shape: tuple[int, ...], check: GroupCheck) -> list[str]:
-    """Presence of every chunk (and shard) on disk, then a read of every chunk (crc32c)."""
-    name = array_path.name
-    try:
-        meta = json.loads((array_path / "zarr.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return [f"{name}: missing or unreadable array metadata ({exc})"]
-    if tuple(meta.get("shape", ())) != shape:
-        return [f"{name}: shape {meta.get('shape')} where the layout says {list(shape)}"]
-    problems = check_chunk_presence(array_path, meta)
-    if len(problems) > 5:
-        problems = [*problems[:5], f"{name}: ... and {len(problems) - 5} more"]
-    if problems:
-        return problems
-    try:
-        array = zarr.open_array(array_path, mode="r")
-    except Exception as exc:  # zarr raises several types for bad metadata
-        return [f"{name}: cannot open ({type(exc).__name__}: {exc})"]
-    for region in regions(array.shape, array.shards or array.chunks):
-        try:
-            values = array[region]
-        except Exception as exc:  # crc32c mismatch, truncated or undecodable chunk
-            return [f"{name}: corrupt data in rows {region[0].start}:{region[0].stop} ({type(exc).__name__}: {exc})"]
-        check.chunks_read += 1
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            return [f"{name}: non-finite values in rows {region[0].start}:{region[0].stop} (unwritten data reads as NaN)"]
-    return []
-
-
-def _check_ids(path: Path, layout: CacheLayout, top_k: int | None = None) -> list[str]:
-    """Ids sorted and unique, every column in range (``top_k``: a sparse group's neighbour columns too)."""
-    group = zarr.open_group(path, mode="r")
-    text_ids, video_ids = read_strings(group[TEXT_IDS]), read_strings(group[VIDEO_IDS])
-    text_video = np.asarray(group[TEXT_VIDEO][...])
-    problems = []
-    if len(set(text_ids)) != len(text_ids) or text_ids != sorted(text_ids):
-        problems.append("text_ids: not sorted and unique")
-    if len(set(video_ids)) != len(video_ids) or video_ids != sorted(video_ids):
-        problems.append("video_ids: not sorted and unique")
-    if len(text_video) and (text_video.min() < 0 or text_video.max() >= layout.n_videos):
-        problems.append("text_video: column out of range")
-    if top_k is not None:
-        neighbours = np.sort(np.asarray(group[sparse.NEIGHBOUR_VIDEOS][...]), axis=1)
-        if neighbours.size and (neighbours.min() < 0 or neighbours.max() >= layout.n_videos):
-            problems.append(f"{sparse.NEIGHBOUR_VIDEOS}: column out of range")
-        elif (neighbours[:, 1:] == neighbours[:, :-1]).any():
-            problems.append(f"{sparse.NEIGHBOUR_VIDEOS}: a video listed twice in one row")
-    return problems
-
-
 # ---- info ----------------------------------------------------------------------------------------
 
 
 def cache_info(path: str | Path) -> dict[str, Any]:
-    """What a store holds (JSON-able): per group identity, fingerprints, shape, size, completeness;
-    plus the progress of groups still being extracted in ``<path>.partial``."""
+    """What a store holds (JSON-able): per group identity, fingerprints, content hash, shape, size,
+    completeness; plus the progress of groups still being extracted in ``<path>.partial``. A group
+    whose metadata cannot be used is listed with its ``error``."""
     path = Path(path)
-    groups = [path] if read_group_attributes(path) is not None else [path / n for n in group_names(path)]
+    try:
+        single = read_group_attributes(path) is not None
+    except TeacherCacheError:
+        single = True
+    groups = [path] if single else [path / n for n in group_names(path)]
     info: dict[str, Any] = {"path": str(path), "bytes": tree_bytes(path) if path.exists() else 0,
                             "groups": [_group_info(g) for g in groups]}
     partial = partial_path(path)
@@ -218,49 +197,61 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         done = done_units(partial)
         info["in_progress"] = []
         for name in group_names(partial):
-            attrs = read_group_attributes(partial / name)
-            layout = layout_from_attributes(attrs)
-            info["in_progress"].append({"name": name, "kind": attrs["kind"], "fingerprint": attrs["fingerprint"],
+            try:
+                attrs = parse_group_attributes(read_group_attributes(partial / name), partial / name / "zarr.json")
+            except TeacherCacheError as exc:
+                info["in_progress"].append({"name": name, "error": str(exc)})
+                continue
+            info["in_progress"].append({"name": name, "kind": attrs.kind, "fingerprint": attrs.fingerprint,
                                         "blocks_done": len(done_of(done, name, "block")),
-                                        "blocks_total": layout.n_blocks})
+                                        "blocks_total": layout_from_attributes(attrs.model_dump()).n_blocks})
     return info
 
 
 def _group_info(path: Path) -> dict[str, Any]:
-    attrs = read_group_attributes(path)
-    layout = layout_from_attributes(attrs)
+    try:
+        raw = read_group_attributes(path)
+        if raw is None:
+            raise TeacherCacheError(f"{path}: not a teacher cache group")
+        attrs = parse_group_attributes(raw, path / "zarr.json")
+    except TeacherCacheError as exc:
+        return {"name": path.name, "error": str(exc)}
+    layout = layout_from_attributes(raw)
     info = {
         "name": path.name,
-        "kind": attrs["kind"],
-        "fingerprint": attrs["fingerprint"],
-        "frames_fingerprint": attrs["frames_fingerprint"],
-        "manifest_fingerprint": attrs["manifest_fingerprint"],
-        "checkpoint_sha256": attrs["checkpoint_sha256"],
-        "score_version": attrs["score_version"],
-        "complete": attrs["complete"],
-        "has_frame_relevance": attrs["has_frame_relevance"],
+        "kind": attrs.kind,
+        "fingerprint": attrs.fingerprint,
+        "content_sha256": attrs.content_sha256,
+        "frames_fingerprint": attrs.frames_fingerprint,
+        "manifest_fingerprint": attrs.manifest_fingerprint,
+        "checkpoint_sha256": attrs.checkpoint_sha256,
+        "score_version": attrs.score_version,
+        "complete": attrs.complete,
+        "has_frame_relevance": attrs.has_frame_relevance,
         "texts": layout.n_texts,
         "videos": layout.n_videos,
         "frames_per_video": layout.frames_per_video,
         "blocks": layout.n_blocks,
         "bytes": tree_bytes(path),
-        "versions": attrs["versions"],
+        "versions": attrs.versions,
     }
-    sparse = attrs.get("sparse")
-    if sparse is None:
+    if attrs.sparse is None:
         similarity_bytes = tree_bytes(path / SIMILARITY)
         info["similarity_bytes_per_entry"] = similarity_bytes / max(1, layout.n_texts * layout.n_videos)
         return info
     # a sparse group: K scores per caption, not a [texts, videos] matrix; its size is per caption
-    top_k = sparse["top_k"]
+    top_k = attrs.sparse.top_k
     score_bytes = sum(tree_bytes(path / name) for name in _sparse_arrays(layout, top_k))
-    return info | {"top_k": top_k, "dense_fingerprint": sparse["dense_fingerprint"], "sparse_bytes": score_bytes,
+    return info | {"top_k": top_k, "dense_fingerprint": attrs.sparse.dense_fingerprint, "sparse_bytes": score_bytes,
                    "sparse_bytes_per_caption": score_bytes / max(1, layout.n_texts)}
 
 
 def format_info(info: dict[str, Any]) -> str:
     lines = [f"{info['path']}: {len(info['groups'])} teacher group(s), {info['bytes'] / 1e6:.2f} MB"]
     for g in info["groups"]:
+        if "error" in g:
+            lines.append(f"  {g['name']}: UNREADABLE: {g['error']}")
+            continue
         if "top_k" in g:
             size = f"sparse top-{g['top_k']}: {g['sparse_bytes_per_caption']:.1f} B/caption"
         else:
@@ -272,12 +263,14 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"    fingerprint {g['fingerprint']}")
         if "top_k" in g:
             lines.append(f"    dense       {g['dense_fingerprint']}")
+        lines.append(f"    content     {g['content_sha256'] or '(no content hash: completed before content hashes existed)'}")
         lines.append(f"    frames      {g['frames_fingerprint']}")
         lines.append(f"    manifest    {g['manifest_fingerprint']}")
         lines.append(f"    checkpoint  {g['checkpoint_sha256'] or '(none: pretrained/zero-shot weights)'}")
     for g in info.get("in_progress", []):
+        if "error" in g:
+            lines.append(f"  {g['name']} (in progress): UNREADABLE: {g['error']}")
+            continue
         lines.append(f"  {g['name']} (in progress): {g['kind']}, {g['blocks_done']}/{g['blocks_total']} blocks, "
                      f"fingerprint {g['fingerprint']}")
     return "\n".join(lines)
-
-
