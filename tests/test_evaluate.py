@@ -147,3 +147,38 @@ def test_frames_store_records_its_manifest_fingerprint_mode(dataset, tmp_path, m
     monkeypatch.setattr(Manifest, "fingerprint", spy)
     open_for_manifest(frames, load_manifest(manifest_dir))
     assert modes == ["stat"]
+
+
+def test_a_runs_directory_expands_to_its_students_and_teachers_only(tmp_path):
+    """`teach evaluate --model runs` (dvc.yaml) scores every student and teacher inside; a pretrained
+    backbone, a `teach export` folder, a training checkpoint folder and stray files are not retrieval
+    models and are left out, but a damaged model config is reported rather than silently skipped."""
+    from teachclip.core.errors import InputError
+    from teachclip.models.io import CheckpointError
+    from teachclip.stages.evaluate import evaluable_models
+
+    runs = tmp_path / "runs"
+    config = StudentConfig(backbone=MICRO, afa=False)
+    save_model(runs / "student", Student(config), "student", config)
+    save_teacher(create_teacher(TeacherConfig(kind="xpool", backbone=MICRO)), runs / "a_xpool")
+    save_model(runs / "backbone", Student(config).backbone, "backbone", MICRO)
+    (runs / "export").mkdir()
+    (runs / "export" / "config.json").write_text(json.dumps({"format": "teachclip-export", "format_version": 1}))
+    (runs / "checkpoint").mkdir()
+    (runs / "notes.txt").write_text("not a model")
+    assert evaluable_models([runs]) == [runs / "a_xpool", runs / "student"]
+    # a single model directory is taken as it is, in the order given
+    assert evaluable_models([runs / "student", runs / "a_xpool"]) == [runs / "student", runs / "a_xpool"]
+
+    (runs / "broken").mkdir()
+    (runs / "broken" / "config.json").write_text('{"kind": "student", "config": [], "format_version": 1}')
+    with pytest.raises(CheckpointError, match="broken"):
+        evaluable_models([runs])
+    (runs / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        evaluable_models([runs])
+
+    empty = tmp_path / "empty"
+    (empty / "backbone").mkdir(parents=True)
+    with pytest.raises(InputError, match="neither a saved model nor a directory"):
+        evaluable_models([empty])

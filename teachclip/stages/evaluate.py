@@ -9,6 +9,7 @@ check and store. Metrics and the tie rule: :mod:`teachclip.models.metrics` and d
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from teachclip.core.errors import InputError
 from teachclip.core.files import write_json
 from teachclip.core.manifest import load_manifest
 from teachclip.models.factory import is_retrieval_model, load_model
-from teachclip.models.io import CONFIG_FILE, CheckpointError, read_config
+from teachclip.models.io import CONFIG_FILE, MAX_CONFIG_BYTES, CheckpointError, read_config
 from teachclip.stores import open_for_manifest
 from teachclip.training.scoring import evaluate_split, save_similarity
 
@@ -46,8 +47,21 @@ def _is_retrieval_model_directory(path: Path) -> bool:
         return False
     try:
         return is_retrieval_model(read_config(path)["kind"])
-    except CheckpointError:  # a config.json of another format (an export): not a saved model
+    except CheckpointError:
+        if _names_no_model_kind(path / CONFIG_FILE):
+            return False  # a config.json of another format (an export): not a saved model
+        raise  # a damaged model config is reported, never silently left out of the metrics
+
+
+def _names_no_model_kind(config: Path) -> bool:
+    """A readable JSON object without the ``kind`` every saved model records."""
+    try:
+        if config.stat().st_size > MAX_CONFIG_BYTES:
+            return False
+        document = json.loads(config.read_text())
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return False
+    return isinstance(document, dict) and "kind" not in document
 
 
 def evaluate(
