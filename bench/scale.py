@@ -35,20 +35,23 @@ DOC = ROOT / "docs" / "scale.md"
 # ---- assumptions (stated in the document; a GPU run replaces the GPU ones) -------------------------------
 
 # NVIDIA H100 SXM5 80 GB datasheet: 989 TFLOP/s dense BF16 tensor core (1,979 is with 2:4 sparsity),
-# 3.35 TB/s HBM3. The same for an 8-GPU node (HGX H100), GPUs joined by NVLink.
-GPU = {"name": "H100 SXM 80 GB", "bf16_dense_tflops": 989.0, "memory_gb": 80.0, "hbm_tb_per_s": 3.35,
-       "source": "NVIDIA H100 Tensor Core GPU datasheet (SXM5: 989 TFLOP/s dense BF16, 80 GB HBM3, 3.35 TB/s)"}
-# Model FLOP utilisation assumed per kind of work (fraction of the dense BF16 peak).
+# 67 TFLOP/s FP32 (CUDA cores), 80 GB HBM3 at 3.35 TB/s. 8 GPUs: an HGX H100 node.
+GPU = {"name": "H100 SXM 80 GB", "bf16_dense_tflops": 989.0, "fp32_tflops": 67.0, "memory_gb": 80.0,
+       "source": "NVIDIA H100 Tensor Core GPU datasheet (SXM5: 989 TFLOP/s dense BF16, 67 TFLOP/s FP32, 80 GB HBM3)"}
+# Model FLOP utilisation assumed per kind of work: (fraction, the peak it is a fraction of).
 UTILISATION = {
-    "tower_inference": 0.35,  # ViT-B/32 encoding under autocast, batches of 64 videos
-    "training": 0.30,  # student forward + backward + AdamW, frames read from the store
-    "scoring": 0.05,  # X-CLIP / X-Pool pair scoring: softmaxes and reductions over small [L, T] matrices,
-                      # fp32 (@full_precision), bound by memory traffic rather than by matmul throughput
+    "tower_inference": (0.25, "bf16_dense_tflops"),  # ViT-B/32 under autocast: small matmuls (50 x 768 tokens)
+    "training": (0.15, "bf16_dense_tflops"),  # forward + backward + AdamW of the same small matmuls, + DDP
+    "scoring": (0.20, "fp32_tflops"),  # pair scoring runs in fp32 (@full_precision): many small softmaxes and
+                                       # reductions over [words, frames] matrices, bound by memory traffic
 }
 DATA_PARALLEL_EFFICIENCY = 0.9  # 8-GPU training step time vs 1/8 of one GPU's (gradient all-reduce)
 CPU_CORES = {1: 16, 8: 128}  # decode processes on the machine with 1 GPU / with 8 GPUs
 BLOCK_TEXTS = 2048  # extract.block_texts of params/msrvtt-b32.yaml
 BUDGET_MB = 16384  # extract.memory_budget_mb of params/msrvtt-b32.yaml
+CHUNK_TEXTS = 32  # extract.chunk_texts: a dense group's chunks are [32 captions, every video]
+MAX_BLOCK_BYTES = 4 << 30  # teacher_cache/schema.py: one block's float32 rows
+IN_MEMORY_LIMIT_BYTES = 4 << 30  # teacher_cache/schema.py: a dense similarity array up to this is read into RAM
 TEACHERS = ("xclip", "xpool")  # params/msrvtt-b32.yaml's two teachers
 STUDENT_PARAMETERS = 164.16e6  # CLIP ViT-B/32 + seqTransf (4 layers) + AFA (bench/gpu_step.py train_step)
 # activations per image for training, ViT-B/32 (50 tokens, width 768, 12 layers, 12 heads) with autocast:
@@ -90,7 +93,8 @@ MEASURED_CLIP_PIXELS, MEASURED_FRAMES, MEASURED_WORDS = 320 * 240, 12, 32
 
 
 def gpu_flops(kind: str) -> float:
-    return GPU["bf16_dense_tflops"] * 1e12 * UTILISATION[kind]
+    fraction, peak = UTILISATION[kind]
+    return GPU[peak] * 1e12 * fraction
 
 
 def teacher_units(measured: dict, kind: str, data: Dataset) -> dict[str, float]:
@@ -125,7 +129,6 @@ def project(measured: dict, data: Dataset, gpus: int, gpu: dict | None = None) -
         "decode": {"hours": (data.train_videos + data.test_videos) * seconds_per_video / CPU_CORES[gpus] / 3600,
                    "where": f"{CPU_CORES[gpus]} CPU cores", "source": "measured CPU rate, scaled"},
     }
-    weights_bytes = {"xclip": 0, "xpool": 0}
     for kind in TEACHERS:
         units = teacher_units(measured, kind, data)
         measured_gpu = gpu_rates(gpu, kind)
@@ -138,16 +141,19 @@ def project(measured: dict, data: Dataset, gpus: int, gpu: dict | None = None) -
             seconds = ((data.train_videos * units["video"] + data.train_captions * units["text"]) / gpu_flops("tower_inference")
                        + pairs * units["pair"] / gpu_flops("scoring"))
             source = "projection (FLOPs / assumed throughput)"
-        # one worker per GPU, each: the teacher's weights, every train video's features (fp16 under
-        # autocast), one block's float32 output [block_texts, videos], scoring workspace <= budget / 2
-        weights_bytes[kind] = 2 * 151.3e6  # B/32 CLIP + heads in fp16 (the features dominate anyway)
+        # one worker per GPU. On the GPU: the teacher's weights, every train video's features (fp16 under
+        # autocast), the scoring workspace (<= budget / 2, worker.sub_block). In host RAM: one block's float32
+        # output [rows, videos], rows = block_texts cut so that it fits budget / 2 (schema.plan_layout)
         features = data.train_videos * units["video_feature_bytes"] / 2
-        output = min(BLOCK_TEXTS, data.train_captions) * data.train_videos * 4
-        workspace = min(measured["xclip_memory"]["fit_bytes"]["per_pair"] * min(BLOCK_TEXTS, data.train_captions)
-                        * data.train_videos, BUDGET_MB * 2**20 / 2) if kind == "xclip" else BUDGET_MB * 2**20 / 2
+        row_bytes = 4 * (data.train_videos + data.frames)
+        rows = min(BLOCK_TEXTS, min(BUDGET_MB * 2**20 // 2, MAX_BLOCK_BYTES) // row_bytes, data.train_captions)
+        rows = max(CHUNK_TEXTS, rows // CHUNK_TEXTS * CHUNK_TEXTS)
+        per_pair = max(measured["xclip_memory"]["fit_bytes"]["per_pair"], 0.0) if kind == "xclip" else 0.0
+        workspace = min(per_pair * rows * data.train_videos, BUDGET_MB * 2**20 / 2) if per_pair else BUDGET_MB * 2**20 / 2
         stages[f"extract {kind}"] = {
             "hours": seconds / gpus / 3600, "where": f"{gpus} GPU worker(s)", "source": source,
-            "worker_memory_gb": (weights_bytes[kind] + features + output + workspace) / 1e9,
+            "worker_gpu_memory_gb": (2 * 151.3e6 + features + workspace) / 1e9,  # fp16 B/32 CLIP + heads
+            "worker_host_memory_gb": rows * row_bytes / 1e9, "block_rows": rows,
             "pair_tflop": pairs * units["pair"] / 1e12,
         }
     # the student: every video once per epoch, one caption each; forward + backward = 3 x forward FLOPs
@@ -169,6 +175,10 @@ def project(measured: dict, data: Dataset, gpus: int, gpu: dict | None = None) -
         else "projection (bound by reading frames on the CPU cores)",
         "steps": steps, "gpu_memory_gb": train_memory / 1e9, "loader_hours": loader_seconds / 3600,
     }
+    similarity_bytes = pairs * 2  # float16, as the readers hold it
+    stages["train student"]["soft_labels"] = (
+        "in RAM" if similarity_bytes <= IN_MEMORY_LIMIT_BYTES
+        else step_videos * CHUNK_TEXTS * data.train_videos * measured["stores"]["teacher_cache_bytes_per_pair"])
     bound = max(stages, key=lambda name: stages[name]["hours"])
     frames_bytes = measured["decode"]["frames_store_bytes_per_video"] * data.frames / MEASURED_FRAMES
     videos = data.train_videos + data.test_videos
@@ -212,9 +222,11 @@ def number(value: float) -> str:
 def section_assumptions(measured: dict, gpu: dict | None) -> str:
     lines = [
         f"- **GPU (assumed)**: {GPU['name']}, {GPU['bf16_dense_tflops']:g} TFLOP/s dense BF16, "
-        f"{GPU['memory_gb']:g} GB. Source: {GPU['source']}. 8 GPUs = one HGX node of eight.",
-        "- **Utilisation (assumed)**: " + ", ".join(f"{name.replace('_', ' ')} {value:.0%} of the peak"
-                                                   for name, value in UTILISATION.items())
+        f"{GPU['fp32_tflops']:g} TFLOP/s FP32, {GPU['memory_gb']:g} GB. Source: {GPU['source']}. "
+        "8 GPUs = one HGX node of eight.",
+        "- **Utilisation (assumed)**: " + ", ".join(
+            f"{name.replace('_', ' ')} {fraction:.0%} of the {'BF16' if peak.startswith('bf16') else 'FP32'} peak"
+            for name, (fraction, peak) in UTILISATION.items())
         + f"; data-parallel efficiency on 8 GPUs {DATA_PARALLEL_EFFICIENCY:.0%}.",
         f"- **CPU cores for decoding and frame reading (assumed)**: {CPU_CORES[1]} with 1 GPU, {CPU_CORES[8]} with 8; "
         "decode cost per video scales with duration x source pixels from the measured clip.",
@@ -305,28 +317,33 @@ def section_projections(measured: dict, gpu: dict | None) -> str:
 
 def section_memory_disk(measured: dict, gpu: dict | None) -> str:
     lines = ["| data set | frames store (224 px) | frame-features store | teacher cache, per teacher | search index | "
-             "X-CLIP worker memory | student GPU memory, 1 / 8 GPUs |",
+             "X-CLIP worker: GPU / host RAM | student GPU memory, 1 / 8 GPUs |",
              "|---|---|---|---|---|---|---|"]
     for data in DATASETS:
         one, eight = project(measured, data, 1, gpu), project(measured, data, 8, gpu)
-        d = one["disk_bytes"]
+        d, x = one["disk_bytes"], one["stages"]["extract xclip"]
         lines.append(f"| {data.name} | {size(d['frames store'])} | {size(d['frame-features store'])} | "
                      f"{size(d['teacher cache (per teacher)'])} | {size(d['search index'])} | "
-                     f"{size(one['stages']['extract xclip']['worker_memory_gb'] * 1e9)} | "
+                     f"{size(x['worker_gpu_memory_gb'] * 1e9)} / {size(x['worker_host_memory_gb'] * 1e9)} "
+                     f"({x['block_rows']} rows) | "
                      f"{size(one['stages']['train student']['gpu_memory_gb'] * 1e9)} / "
                      f"{size(eight['stages']['train student']['gpu_memory_gb'] * 1e9)} |")
     return "\n".join(lines)
 
 
 def section_dense_limit(measured: dict, gpu: dict | None) -> str:
-    lines = ["| data set | pairs per teacher | dense cache, per teacher | X-CLIP pair FLOPs | fits one GPU worker? |",
-             "|---|---|---|---|---|"]
+    lines = ["| data set | pairs per teacher | dense cache, per teacher | X-CLIP scoring work | X-CLIP extraction, 8 GPUs "
+             "| soft labels per student step | fits one GPU worker? |",
+             "|---|---|---|---|---|---|---|"]
     for data in DATASETS:
-        p = project(measured, data, 1, gpu)
-        worker = p["stages"]["extract xclip"]["worker_memory_gb"]
+        p, p8 = project(measured, data, 1, gpu), project(measured, data, 8, gpu)
+        worker = p["stages"]["extract xclip"]["worker_gpu_memory_gb"]
         verdict = "yes" if worker < GPU["memory_gb"] else f"no ({worker:.0f} GB > {GPU['memory_gb']:g} GB)"
+        labels = p["stages"]["train student"]["soft_labels"]
+        labels = labels if isinstance(labels, str) else f"{size(labels)} read from disk"
         lines.append(f"| {data.name} | {p['pairs']:.3g} | {size(p['disk_bytes']['teacher cache (per teacher)'])} | "
-                     f"{p['stages']['extract xclip']['pair_tflop'] / 1e3:.3g} PFLOP | {verdict} |")
+                     f"{p['stages']['extract xclip']['pair_tflop'] / 1e3:.3g} PFLOP | "
+                     f"{hours(p8['stages']['extract xclip']['hours'])} | {labels} | {verdict} |")
     return "\n".join(lines)
 
 
