@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
                 report["train_step"] = train
             run.record({"name": "gpu_step-figures", "status": "ok" if blocks else "failed", "seconds": 0.0})
         if "teacher_cost" not in skip:
-            sizes = ["--texts", "8", "--videos", "8", "--repeats", "1", "--backbone", "teachclip-micro",
-                     "--meanp-block", "64"] if args.quick else []
+            # B/32 even when quick (teacher_cost builds 32-word teachers); only the counts shrink
+            sizes = ["--texts", "8", "--videos", "8", "--repeats", "1", "--meanp-block", "64"] if args.quick else []
             run.command("teacher_cost", [sys.executable, str(HERE / "teacher_cost.py"), "--device", args.device, *sizes],
                         timeout_s=90 * stretch, cwd=HERE, json_output=True)
 

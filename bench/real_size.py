@@ -42,6 +42,7 @@ elapsed time, start-up included. Prints one JSON document and writes it to ``--o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -316,39 +317,53 @@ def stage_extract(args: argparse.Namespace, root: Path) -> dict:
     return report
 
 
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc), so the next RSS increment is the next block's own."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def stage_xclip_memory(args: argparse.Namespace, root: Path) -> dict:
-    import numpy as np
+    import statistics
+
+    import torch
 
     from teachclip.models.scorer import slice_features
+    from teachclip.stages.extract_teachers.worker import WORKSPACE_FACTOR
 
     teacher, videos, texts, _, _ = teacher_and_features("xclip", 4, max(args.memory_texts), args.encode_batch)
     grid = sorted({(t, args.memory_videos_fixed) for t in args.memory_texts}
                   | {(args.memory_texts_fixed, v) for v in args.memory_videos})
+    # what worker.sub_block assumes a pair's workspace to be: WORKSPACE_FACTOR x one text's and one video's features
+    elements = sum(v[0].numel() for v in texts.values() if isinstance(v, torch.Tensor)) + sum(
+        v[0].numel() for v in videos.values() if isinstance(v, torch.Tensor))
+    assumed_pair_bytes = WORKSPACE_FACTOR * 4 * elements
     rows = []
     for budget in args.memory_budgets:
         for n_texts, n_videos in grid:
             block_texts, block_videos = slice_features(tile_features(texts, n_texts), 0, n_texts), tile_features(videos, n_videos)
-            held = n_texts * feature_bytes(texts) + n_videos * feature_bytes(videos)
+            release_free_memory()
             with PeakSampler() as sampler:
                 similarity, step = score_block_like(teacher, block_texts, block_videos, budget)
+            call_pairs = step[0] * step[1]
+            workspace = sampler.increment - similarity.nbytes
             rows.append({"memory_budget_mb": budget, "block_texts": n_texts, "videos": n_videos, "sub_block": list(step),
                          "peak_increment_mb": round(sampler.increment / MIB, 2),
-                         "features_held_mb": round(held / MIB, 2),
-                         "output_block_mb": round(similarity.nbytes / MIB, 2)})
+                         "output_block_mb": round(similarity.nbytes / MIB, 2),
+                         "workspace_bytes_per_call_pair": round(workspace / call_pairs, 1)})
             del similarity, block_texts, block_videos
-    # bytes = a + b * texts * videos + c * videos, on the runs whose workspace the budget did not bound
-    fit_rows = [r for r in rows if r["memory_budget_mb"] == max(args.memory_budgets)]
-    design = np.array([[1, r["block_texts"] * r["videos"], r["videos"]] for r in fit_rows], dtype=float)
-    target = np.array([r["peak_increment_mb"] * MIB for r in fit_rows])
-    coefficients, *_ = np.linalg.lstsq(design, target, rcond=None)
+    # the calls big enough for the workspace to dominate the allocator's noise
+    big = [r["workspace_bytes_per_call_pair"] for r in rows if r["sub_block"][0] * r["sub_block"][1] >= 4096]
     return {
         "grid": rows,
-        "fit_budget_mb": max(args.memory_budgets),
-        "fit_bytes": {"constant": float(coefficients[0]), "per_pair": float(coefficients[1]),
-                      "per_video": float(coefficients[2])},
+        "workspace_bytes_per_pair_measured": statistics.median(big) if big else None,
+        "workspace_bytes_per_pair_assumed_by_sub_block": assumed_pair_bytes,
         "video_feature_bytes": feature_bytes(videos), "text_feature_bytes": feature_bytes(texts),
-        "note": "peak RSS increment over the process's RSS before the block (features of the block included); "
-                "sampled every 1 ms; the worker's resident teacher and video features come on top",
+        "note": "peak RSS increment of one block (glibc heap trimmed before it; large allocations mmapped, "
+                "MALLOC_MMAP_THRESHOLD_), sampled every 1 ms, over the RSS before it; the block's features "
+                "already held; workspace per pair = (increment - output block) / pairs of one score call",
     }
 
 
@@ -475,6 +490,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--only", choices=STAGES, help=argparse.SUPPRESS)  # a child process: one stage
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other stages' results already in --out (re-measure some stages only)")
     parser.add_argument("--quick", action="store_true", help="the smallest counts: a smoke test in about a minute")
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--clip-seconds", type=int, default=15)
@@ -490,7 +507,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-videos", default="64,256,1024")
     parser.add_argument("--memory-texts-fixed", type=int, default=128)
     parser.add_argument("--memory-videos-fixed", type=int, default=256)
-    parser.add_argument("--memory-budgets", default="64,16384", help="memory_budget_mb values of the grid")
+    parser.add_argument("--memory-budgets", default="16384", help="memory_budget_mb values of the grid")
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--index-size", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=20)
@@ -501,7 +518,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key, value in {"clips": 1, "clip_seconds": 10, "tower_batch": 2, "repeats": 1, "extract_videos": 1,
                            "block_texts": 8, "score_videos": 16, "encode_batch": 2, "memory_texts": "8,16",
                            "memory_videos": "16,32", "memory_texts_fixed": 8, "memory_videos_fixed": 16,
-                           "memory_budgets": "1,16384", "train_batch": 2, "index_size": 1000, "queries": 2,
+                           "memory_budgets": "16384", "train_batch": 2, "index_size": 1000, "queries": 2,
                            "cache_texts": 64, "cache_videos": 100}.items():
             setattr(args, key, value)
     for key in ("memory_texts", "memory_videos", "memory_budgets"):
@@ -514,7 +531,9 @@ def run_child(stage: str, root: Path, argv: list[str]) -> dict:
     """One stage in a fresh process; its JSON on stdout, or the failure."""
     start = time.perf_counter()
     command = [sys.executable, str(Path(__file__).resolve()), *argv, "--only", stage, "--workdir", str(root)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
+    # a fixed mmap threshold: large blocks are mmapped and returned to the OS when freed, so RSS follows them
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=HERE, env=env)
     if done.returncode != 0:
         return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:] or ["failed"],
                 "returncode": done.returncode, "wall_s": round(time.perf_counter() - start, 1)}
@@ -531,6 +550,8 @@ def strip_driver_options(argv: list[str]) -> list[str]:
             skip = False
             continue
         name = item.split("=", 1)[0]
+        if name == "--update":
+            continue
         if name in ("--stages", "--out", "--workdir"):
             skip = "=" not in item
             continue
@@ -560,6 +581,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "each stage in its own process (peak_rss_mb is that stage's)",
         "machine": machine_info(),
     }
+    if args.update and args.out and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        report = {**previous, **{k: v for k, v in report.items() if k != "machine"}}
+        report["updated_stages"] = stages
     with workdir(args.workdir, "real-size") as root:
         for stage in stages:
             print(f"real_size: {stage} ...", file=sys.stderr, flush=True)

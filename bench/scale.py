@@ -148,8 +148,12 @@ def project(measured: dict, data: Dataset, gpus: int, gpu: dict | None = None) -
         row_bytes = 4 * (data.train_videos + data.frames)
         rows = min(BLOCK_TEXTS, min(BUDGET_MB * 2**20 // 2, MAX_BLOCK_BYTES) // row_bytes, data.train_captions)
         rows = max(CHUNK_TEXTS, rows // CHUNK_TEXTS * CHUNK_TEXTS)
-        per_pair = max(measured["xclip_memory"]["fit_bytes"]["per_pair"], 0.0) if kind == "xclip" else 0.0
-        workspace = min(per_pair * rows * data.train_videos, BUDGET_MB * 2**20 / 2) if per_pair else BUDGET_MB * 2**20 / 2
+        workspace = BUDGET_MB * 2**20 / 2  # the most sub_block allows
+        if kind == "xclip":  # what one score call of the sub-block size really takes, measured
+            memory = measured["xclip_memory"]
+            call_pairs = min(workspace // memory["workspace_bytes_per_pair_assumed_by_sub_block"],
+                             rows * data.train_videos)
+            workspace = call_pairs * memory["workspace_bytes_per_pair_measured"]
         stages[f"extract {kind}"] = {
             "hours": seconds / gpus / 3600, "where": f"{gpus} GPU worker(s)", "source": source,
             "worker_gpu_memory_gb": (2 * 151.3e6 + features + workspace) / 1e9,  # fp16 B/32 CLIP + heads
@@ -290,15 +294,17 @@ def section_measured(measured: dict) -> str:
 
 def section_memory(measured: dict) -> str:
     mem = measured["xclip_memory"]
-    lines = ["| memory_budget_mb | block_texts | videos | sub-block | peak increment | output block | features held |",
+    lines = ["| memory_budget_mb | block_texts | videos | sub-block (texts x videos per score call) | peak increment "
+             "| output block | workspace per pair of a call |",
              "|---|---|---|---|---|---|---|"]
     for r in mem["grid"]:
         lines.append(f"| {r['memory_budget_mb']} | {r['block_texts']} | {r['videos']} | {r['sub_block'][0]} x {r['sub_block'][1]} | "
-                     f"{r['peak_increment_mb']:.1f} MB | {r['output_block_mb']:.1f} MB | {r['features_held_mb']:.1f} MB |")
-    fit = mem["fit_bytes"]
-    lines += ["", f"Least-squares fit at budget {mem['fit_budget_mb']} MB: peak increment = "
-              f"{fit['constant'] / 1e6:.1f} MB + {fit['per_pair']:.0f} bytes x block_texts x videos + "
-              f"{fit['per_video'] / 1e3:.1f} kB x videos."]
+                     f"{r['peak_increment_mb']:.1f} MB | {r['output_block_mb']:.2f} MB | "
+                     f"{size(r['workspace_bytes_per_call_pair'])} |")
+    measured_bytes, assumed = mem["workspace_bytes_per_pair_measured"], mem["workspace_bytes_per_pair_assumed_by_sub_block"]
+    lines += ["", f"Workspace per scored pair: **{size(measured_bytes)} measured** (median of the calls of at least "
+              f"4,096 pairs); `worker.sub_block` assumes {size(assumed)} (4 x one caption's and one video's features), "
+              f"{assumed / measured_bytes:.0f} times more, so its sub-blocks are that much smaller than the budget allows."]
     return "\n".join(lines)
 
 
