@@ -166,6 +166,13 @@ def project(measured: dict, data: Dataset, gpus: int, gpu: dict | None = None) -
     image_flops, text_flops = measured["tower"]["flops_per_image"], measured["extract"]["xclip"]["flops_per_text"]
     sample_flops = 3 * (data.frames * image_flops + text_flops * data.words / MEASURED_WORDS)
     train_seconds = steps * step_videos * sample_flops / gpu_flops("training")
+    measured_step = (gpu or {}).get("train_step") or {}
+    train_source = "projection (FLOPs / assumed throughput)"
+    if measured_step.get("batch") == step_videos and isinstance(measured_step.get("seconds_per_step"), (int, float)):
+        # gpu_step.py's step at 12 frames / 32 words, scaled by this data set's FLOPs per sample
+        reference = 3 * (MEASURED_FRAMES * image_flops + text_flops)
+        train_seconds = steps * measured_step["seconds_per_step"] * sample_flops / reference
+        train_source = "measured GPU step, scaled"
     if gpus > 1:
         train_seconds = train_seconds / gpus / DATA_PARALLEL_EFFICIENCY
     per_gpu_videos = step_videos / gpus
@@ -175,7 +182,7 @@ def project(measured: dict, data: Dataset, gpus: int, gpu: dict | None = None) -
     loader_seconds = steps * step_videos / (read_rate * CPU_CORES[gpus])
     stages["train student"] = {
         "hours": max(train_seconds, loader_seconds) / 3600, "where": f"{gpus} GPU(s), batch 120",
-        "source": "projection (FLOPs / assumed throughput)" if train_seconds >= loader_seconds
+        "source": train_source if train_seconds >= loader_seconds
         else "projection (bound by reading frames on the CPU cores)",
         "steps": steps, "gpu_memory_gb": train_memory / 1e9, "loader_hours": loader_seconds / 3600,
     }
@@ -417,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     measured["_command"] = "nice -n 10 python bench/real_size.py --out " + measured["_path"]
     gpu_path = args.gpu_measured or (GPU_MEASURED if GPU_MEASURED.exists() else None)
     gpu = load(gpu_path, "GPU run")
+    if gpu and (gpu.get("quick") or not str(gpu.get("device", "cuda")).startswith("cuda")):
+        raise SystemExit(f"{gpu_path}: a --quick or CPU dry run of gpu_run.py: its figures are not GPU measurements")
     if args.json:
         print(json.dumps([project(measured, d, g, gpu) for d in DATASETS for g in (1, 8)], indent=2))
         return 0

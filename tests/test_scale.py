@@ -65,7 +65,7 @@ def test_projections_scale_with_the_data_and_the_gpus():
 
 
 def test_gpu_measurements_replace_the_projected_extraction(tmp_path):
-    gpu = {"device_name": "test GPU", "gpus": 1, "steps": [],
+    gpu = {"device_name": "test GPU", "device": "cuda", "gpus": 1, "steps": [],
            "extraction": {kind: {"videos_per_s": 1000.0, "texts_per_s": 10000.0, "score_pairs_per_s": 1e9}
                           for kind in ("xclip", "xpool")}}
     path = tmp_path / "gpu_run.json"
@@ -116,3 +116,10 @@ def test_gpu_run_dry_run_on_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert report["failed_steps"] == [], report["steps"]
     assert set(report["extraction"]) == {"xclip", "xpool"}
+
+
+def test_a_dry_run_of_gpu_run_is_not_taken_for_gpu_measurements(tmp_path):
+    path = tmp_path / "gpu_run.json"
+    path.write_text(json.dumps({"device": "cpu", "quick": True, "steps": [], "extraction": {}}))
+    done = scale("--gpu-measured", str(path), "--json")
+    assert done.returncode != 0 and "dry run" in done.stderr
