@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "-S", "rehearse.min_seconds=10", "-S", "rehearse.max_seconds=10"] if args.quick else []
                 step = run.command("rehearse", [*teach[:3], "rehearse", "--out", str(root / "rehearsal"),
                                                 "--device", args.device, "--workers", str(cpus), *sizes],
-                                   timeout_s=240 * stretch)
+                                   timeout_s=270 * stretch)
                 rehearsal = root / "rehearsal" / "rehearsal.json"
                 if rehearsal.exists():
                     step["rehearsal"] = json.loads(rehearsal.read_text())
