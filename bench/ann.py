@@ -6,7 +6,7 @@
                                    [--build-threads 2] [--workdir /work/tmp-ann] [--keep]
 
 Synthetic collections of unit vectors of the student's dimension (512: ViT-B/32), clumped like real
-embeddings: ``size / 10000`` random centres, each video ``centre + N(0, 1)`` per dimension (cosine ~0.7 to
+embeddings: ``size / 10000`` (at least 16) random centres, each video ``centre + N(0, 1)`` per dimension (cosine ~0.7 to
 its centre), normalised; queries drawn the same way around random centres. The vectors are generated
 in blocks into a float16 ``np.memmap`` under ``--workdir`` (deleted at the end unless ``--keep``), so
 memory stays bounded: nothing ever holds the whole collection in memory except the index under test.
