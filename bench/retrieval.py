@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from common import Clock, add_common_options, demo_data, emit, interleave, torch_setup, workdir
 
-from teachclip.core.config import BackboneConfig, StudentConfig, TeacherConfig
+from teachclip.core.config import BackboneConfig, SearchConfig, StudentConfig, TeacherConfig
 from teachclip.models.factory import create_teacher
 from teachclip.models.io import save_model
 from teachclip.models.student import Student
@@ -106,8 +106,8 @@ def run(root: Path, args: argparse.Namespace, device: torch.device) -> dict:
 
     # the student: the real index of the real videos, and its text side
     for dtype in ("float32", "float16"):
-        build_index(model_dir, frames_path, root / f"index-{dtype}.zarr", dtype=dtype, device=str(device),
-                    progress=False)
+        build_index(model_dir, frames_path, root / f"index-{dtype}.zarr", search=SearchConfig(dtype=dtype),
+                    device=str(device), progress=False)
     # the index in memory and its scan: Searcher.top_k (``embeddings @ query`` + top-k)
     base_index = {dtype: Searcher(root / f"index-{dtype}.zarr", model_dir, device=str(device))
                   for dtype in ("float32", "float16")}

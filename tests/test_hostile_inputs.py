@@ -13,7 +13,14 @@ import zarr
 from typer.testing import CliRunner
 
 from teachclip.cli import app
-from teachclip.core.config import BackboneConfig, ComputeConfig, DecodeConfig, EvaluateConfig, StudentConfig
+from teachclip.core.config import (
+    BackboneConfig,
+    ComputeConfig,
+    DecodeConfig,
+    EvaluateConfig,
+    SearchConfig,
+    StudentConfig,
+)
 from teachclip.core.manifest import ManifestError, load_manifest
 from teachclip.datasets import read_caption_pickle
 from teachclip.models.factory import load_model
@@ -128,7 +135,7 @@ def test_malformed_frames_attributes_are_one_clear_error(tiny_data, tmp_path, ch
 
 def test_search_index_holes_and_impossible_shapes_are_refused(tiny_data, tmp_path):
     model = saved_student(tmp_path / "student")
-    index = build_index(model, tiny_data().frames, tmp_path / "index.zarr", dtype="float32", device="cpu",
+    index = build_index(model, tiny_data().frames, tmp_path / "index.zarr", search=SearchConfig(dtype="float32"), device="cpu",
                         progress=False)
     read_index(index)  # intact
     broken = shutil.copytree(index, tmp_path / "holes.zarr")

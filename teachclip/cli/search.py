@@ -32,14 +32,18 @@ def index(
     device: str = DEVICE_OPTION,
     settings: list[str] = SET_OPTION,
 ) -> None:
-    """Embed every video of a frames store once: one vector per video (-S search.dtype=float32)."""
+    """Embed every video of a frames store once: one vector per video (-S search.dtype=float32); from
+    search.ann_threshold videos also an approximate (IVF) index (-S search.ann_lists=..., ann_train_videos)."""
     from teachclip.tools.search import build_index
 
     videos = video_input(frames, features)
     params = load(settings, {"compute.device": device})
-    path = build_index(model, videos, out, dtype=params.search.dtype, batch_videos=params.evaluate.batch_videos,
+    path = build_index(model, videos, out, search=params.search, batch_videos=params.evaluate.batch_videos,
                        device=params.compute.device)
-    typer.echo(f"indexed {videos} into {path}")
+    from teachclip.stores.zarr_io import root_attributes
+
+    kind = (root_attributes(path) or {}).get("ann")
+    typer.echo(f"indexed {videos} into {path}" + (f" (with an approximate {kind} index)" if kind else " (exact)"))
 
 
 def query(
@@ -48,9 +52,12 @@ def query(
     k: int = typer.Option(5, "-k", "--top", min=1, help="How many videos to list."),
     model: Path = typer.Option(None, "--model", help="The model (default: the one recorded in the index)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    exact: bool = typer.Option(False, "--exact", help="Scan every vector even if the index has an approximate part."),
     device: str = DEVICE_OPTION,
+    settings: list[str] = SET_OPTION,
 ) -> None:
-    """Rank the indexed videos for a text: one text encoding, one matrix-vector product."""
+    """Rank the indexed videos for a text: one text encoding, then one matrix-vector product (or, with an
+    approximate index, a scan of search.ann_probe of its lists)."""
     import json
 
     from rich.console import Console
@@ -58,11 +65,14 @@ def query(
 
     from teachclip.tools.search import Searcher
 
-    hits = Searcher(index, model, device=load(None, {"compute.device": device}).compute.device).query(text, k)
+    params = load(settings, {"compute.device": device})
+    searcher = Searcher(index, model, device=params.compute.device, exact=exact, ann_probe=params.search.ann_probe)
+    hits = searcher.query(text, k)
+    method = "approximate" if searcher.approximate else "exact"
     if as_json:
-        typer.echo(json.dumps({"query": text, "results": [hit.__dict__ for hit in hits]}, indent=2))
+        typer.echo(json.dumps({"query": text, "search": method, "results": [hit.__dict__ for hit in hits]}, indent=2))
         return
-    table = Table(title=f"top {len(hits)} for {text!r}")
+    table = Table(title=f"top {len(hits)} for {text!r} ({method})")
     table.add_column("rank", justify="right")
     table.add_column("video")
     table.add_column("score", justify="right")

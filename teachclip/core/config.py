@@ -245,9 +245,15 @@ class SparsifyConfig(Section):
 
 
 class SearchConfig(Section):
-    """``teach search index``: the stored vectors' precision."""
+    """``teach search``: the stored vectors' precision, and the approximate (IVF) index that
+    ``search index`` adds to large collections (docs/export-and-search.md)."""
 
     dtype: Literal["float16", "float32"] = "float16"  # float16 halves the index; scores differ by ~1e-3
+    ann_threshold: int = Field(500_000, ge=1)  # videos from which an approximate index is built too
+    ann_lists: int = Field(0, ge=0)  # IVF lists (faiss nlist); 0: sqrt(videos)
+    ann_train_videos: int = Field(262_144, ge=1)  # k-means trains on a seeded sample of this many videos
+    ann_seed: int = 0  # the training sample and k-means initialisation
+    ann_probe: int = Field(32, ge=1)  # lists a query scans (faiss nprobe; query time): recall vs latency
 
 
 class StudentVariant(Section):

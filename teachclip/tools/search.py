@@ -2,7 +2,9 @@
 
 A query is one text encoding (the student's text tower) followed by **one matrix-vector product** over
 the whole index and a top-k: the index is loaded into memory (on the model's device) once by
-:class:`Searcher`, so answering a query never touches the disk. Scores are cosines (text and video
+:class:`Searcher`, so answering a query never touches the disk. A collection of at least
+``search.ann_threshold`` videos also gets an approximate index (faiss IVF with 8-bit codes); the
+searcher then loads that instead of the vectors and a query scans only ``search.ann_probe`` of its lists. Scores are cosines (text and video
 vectors are unit length). The index format lives in :mod:`teachclip.stores.search_index`; it records
 the fingerprint of the model that embedded it, and a query with any other model is refused, because
 vectors of two models live in different spaces and would give confidently wrong results.
@@ -17,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from teachclip.core.config import SearchConfig
 from teachclip.core.device import pick_device
 from teachclip.core.progress import progress_bar
 from teachclip.models.factory import load_model
 from teachclip.models.io import model_fingerprint
 from teachclip.models.student import Student
 from teachclip.stores import open_video_store
-from teachclip.stores.search_index import SearchIndexError, read_index, write_index
+from teachclip.stores.search_index import AnnIndex, SearchIndexError, read_index, write_index
 from teachclip.training.scoring import encode_videos, uses_amp
 
 
@@ -32,12 +35,14 @@ def build_index(
     frames: str | Path,
     out: str | Path,
     *,
-    dtype: str = "float16",
+    search: SearchConfig | None = None,
     batch_videos: int = 32,
     device: str = "auto",
     progress: bool = True,
 ) -> Path:
-    """Embed every valid video of a frames (or frame-features) store with a student; write ``out``."""
+    """Embed every valid video of a frames (or frame-features) store with a student; write ``out``, with an
+    approximate index when the store holds at least ``search.ann_threshold`` valid videos."""
+    search = search or SearchConfig()
     torch_device = pick_device(device)
     model = load_model(model_dir, device=torch_device)
     if not isinstance(model, Student):
@@ -53,8 +58,16 @@ def build_index(
             features = encode_videos(model.scorer(), store, positions, video_ids, batch_videos=batch_videos,
                                      device=torch_device, amp=uses_amp(model), progress=(bar, task))
         embeddings = features["vector"].float().cpu().numpy()
-    return write_index(out, embeddings, video_ids, dtype, model_fingerprint=model_fingerprint(model_dir),
-                       model_path=str(Path(model_dir).resolve()), frames_fingerprint=store.fingerprint)
+    ann = None
+    if len(video_ids) >= search.ann_threshold:
+        # trained on the stored precision's values, so exact and approximate search see the same vectors
+        stored = embeddings.astype(search.dtype)
+        with progress_bar(progress) as bar:
+            task = bar.add_task("ann index", total=len(video_ids), status="")
+            ann = AnnIndex.build(stored, lists=search.ann_lists, train_videos=search.ann_train_videos,
+                                 seed=search.ann_seed, progress=lambda done: bar.update(task, completed=done))
+    return write_index(out, embeddings, video_ids, search.dtype, model_fingerprint=model_fingerprint(model_dir),
+                       model_path=str(Path(model_dir).resolve()), frames_fingerprint=store.fingerprint, ann=ann)
 
 
 @dataclass(frozen=True)
@@ -65,12 +78,16 @@ class Hit:
 
 
 class Searcher:
-    """A loaded index plus the text side of the model that built it (checked by fingerprint)."""
+    """A loaded index plus the text side of the model that built it (checked by fingerprint). An index
+    with an approximate part is searched through it (``ann_probe`` lists per query) unless ``exact``."""
 
-    def __init__(self, index_path: str | Path, model_dir: str | Path | None = None, device: str = "auto"):
+    def __init__(self, index_path: str | Path, model_dir: str | Path | None = None, device: str = "auto", *,
+                 exact: bool = False, ann_probe: int = SearchConfig().ann_probe):
         self.device = pick_device(device)
-        self.index = read_index(index_path)
-        self.embeddings = torch.from_numpy(self.index.embeddings).to(self.device).contiguous()
+        self.index = read_index(index_path, approximate=not exact)
+        self.ann, self.ann_probe = self.index.ann, ann_probe
+        self.embeddings = None if self.ann is not None else torch.from_numpy(
+            self.index.embeddings).to(self.device).contiguous()
         model_dir = Path(model_dir if model_dir is not None else self.index.attrs["model_path"])
         given = model_fingerprint(model_dir)
         if given != self.index.model_fingerprint:
@@ -85,8 +102,17 @@ class Searcher:
         """Unit-length text vectors [N, d] (the part of a query that is not the index scan)."""
         return self.model.encode_text(self.model.tokenize(list(texts)).to(self.device)).float()
 
+    @property
+    def approximate(self) -> bool:
+        return self.ann is not None
+
     def top_k(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores [k], rows [k]) of the best videos for one unit-length query vector [d]."""
+        """(scores [k], rows [k]) of the best videos for one unit-length query vector [d] (fewer than k when
+        the approximate index's probed lists hold fewer videos)."""
+        if self.ann is not None:
+            scores, rows = self.ann.search(query.detach().float().cpu().numpy()[None], k, self.ann_probe)
+            found = rows[0] >= 0
+            return torch.from_numpy(scores[0][found]), torch.from_numpy(rows[0][found])
         scores = self.embeddings @ query.to(device=self.embeddings.device, dtype=self.embeddings.dtype)
         best = torch.topk(scores, min(k, scores.shape[0]))
         return best.values.float(), best.indices
