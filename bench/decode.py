@@ -10,7 +10,8 @@ so only ratios measured side by side mean anything):
 - ``full_decode``: ``ffmpeg -i FILE -f null -`` over every file, one after another (the baseline;
   ffmpeg picks its own thread count); ``full_decode_1thread`` adds ``-threads 1`` for reference;
 - the decode stage (``teachclip.stages.decode.decode``, end to end: manifest fingerprint, decoding,
-  resizing, compressed Zarr writes, finalisation) for each backend with 1 and 2 dask workers, and
+  resizing, compressed Zarr writes, finalisation) for each backend (pyav, ffmpeg, torchcodec on the
+  CPU; ``--backends`` to choose) with 1 and 2 dask workers, and
   in-process (``sync``). The dask cluster (the stage's own LocalCluster set-up) is started once per
   worker count and passed as a scheduler address, so its process start-up (seconds, paid once per
   stage run) is not counted; ``cluster_start_s`` reports it.
@@ -36,9 +37,8 @@ from teachclip.core.config import ComputeConfig, DecodeConfig, DemoConfig
 from teachclip.core.manifest import write_manifest
 from teachclip.core.parallel import dask_client
 from teachclip.stages.decode import decode
-from teachclip.video import ffmpeg_binary_path, ffmpeg_version
+from teachclip.video import BACKENDS, decoder_identity, ffmpeg_binary_path, ffmpeg_version
 
-BACKENDS = ("pyav", "ffmpeg")
 WORKER_COUNTS = (1, 2)
 
 
@@ -95,7 +95,7 @@ def time_stage(manifest: Path, out: Path, backend: str, compute: ComputeConfig) 
 
 
 def bench_dataset(
-    manifest: Path, scratch: Path, binary: str, repeats: int, schedulers: dict[int, str]
+    manifest: Path, scratch: Path, binary: str, repeats: int, schedulers: dict[int, str], backends: list[str]
 ) -> dict:
     files = manifest_files(manifest)
     out = scratch / "frames.zarr"
@@ -103,7 +103,7 @@ def bench_dataset(
         "full_decode": lambda: time_full_decode(files, binary, None),
         "full_decode_1thread": lambda: time_full_decode(files, binary, 1),
     }
-    for backend in BACKENDS:
+    for backend in backends:
         sync = ComputeConfig(scheduler="sync")
         measurements[f"{backend}/sync"] = lambda b=backend, c=sync: time_stage(manifest, out, b, c)
         for workers, address in schedulers.items():
@@ -112,7 +112,7 @@ def bench_dataset(
                 manifest, out, b, c
             )
 
-    for backend in BACKENDS:  # warm-up: worker imports, page cache
+    for backend in backends:  # warm-up: worker imports, page cache
         for address in schedulers.values():
             time_stage(manifest, out, backend, ComputeConfig(scheduler=address))
     runs = interleave(measurements, repeats)  # the order rotates so drifting load hits every variant alike
@@ -158,13 +158,14 @@ def run(root: Path, args: argparse.Namespace) -> dict:
                 CLOCK.now() - start,
             )
         results = {
-            name: bench_dataset(manifest, root, binary, args.repeats, schedulers)
+            name: bench_dataset(manifest, root, binary, args.repeats, schedulers, args.backends)
             for name, manifest in manifests.items()
         }
     return {
         "cpus": os.cpu_count(),
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "ffmpeg": ffmpeg_version(binary),
+        "decoders": {backend: decoder_identity(backend) for backend in args.backends},
         "decode_defaults": DecodeConfig().model_dump(mode="json"),
         "cluster_start_s": {f"workers{k}": round(v, 2) for k, v in cluster_start.items()},
         "datasets": results,
@@ -178,6 +179,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=40, help="MSR-VTT-like clips per data set")
     parser.add_argument("--demo-videos", type=int, default=48, help="demo videos (0: skip the demo set)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     add_workdir_option(parser)
     args = parser.parse_args()
     with workdir(args.workdir, "decode") as root:

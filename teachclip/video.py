@@ -1,4 +1,4 @@
-"""Sampling T frames from one video file, with two interchangeable decoder backends.
+"""Sampling T frames from one video file, with three interchangeable decoder backends.
 
 The sampling rule (CLIP4Clip's, made exact for variable frame rates; see docs/decode.md):
 
@@ -19,6 +19,12 @@ that skips decoding, and lets the decoder drop unreferenced frames that are not 
 ``"ffmpeg"`` runs the ffmpeg binary (imageio-ffmpeg's, or a configured one) through ffmpeg-python with
 a ``select`` filter on the same timestamps. The timeline of both comes from PyAV's demuxer, so both
 pick the same frames by construction; the tests check that they also give equal pixels.
+``"torchcodec"`` (an optional extra: PyTorch's decoder, which needs FFmpeg's shared libraries) fetches
+the same frames by index, on the CPU or on a CUDA GPU (``device``), checks their timestamps against
+the timeline, and scales and crops them with torch (bicubic, antialiased). TorchCodec converts whole
+frames to RGB before scaling, the other two scale in YUV 4:4:4 first, so its pixels differ from theirs
+by rounding and chroma interpolation (within a few levels; tests/test_video.py bounds it), never by
+which frame was taken.
 """
 
 from __future__ import annotations
@@ -36,8 +42,14 @@ import av
 import av.logging
 import numpy as np
 
-BACKENDS = ("pyav", "ffmpeg")
+from teachclip.core.errors import InputError
+
+BACKENDS = ("pyav", "ffmpeg", "torchcodec")
 FALLBACK_RATE = Fraction(25)  # frame rate assumed for raw streams that declare none
+
+
+class DecoderUnavailableError(InputError):
+    """A configured decoder backend that cannot run on this machine (missing package or libraries)."""
 
 
 class VideoDecodeError(Exception):
@@ -524,6 +536,108 @@ def _decode_ffmpeg(
     return dict(zip(wanted, frames, strict=True))
 
 
+# ---- TorchCodec backend -----------------------------------------------------------------------
+
+
+def _torchcodec():
+    """torchcodec's VideoDecoder, with its FFmpeg libraries loaded (DecoderUnavailableError if not)."""
+    try:
+        from torchcodec import _core
+        from torchcodec.decoders import VideoDecoder
+
+        _core.get_ffmpeg_library_versions()  # loads libtorchcodec and the FFmpeg shared libraries
+    except (ImportError, OSError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DecoderUnavailableError(
+            f"decode.backend torchcodec: not usable here ({first}); install it with "
+            f"pip install 'teachclip[torchcodec]' plus FFmpeg's shared libraries (docs/decode.md)") from exc
+    return VideoDecoder
+
+
+def resize_and_crop(frames, size: int):
+    """uint8 RGB torch frames [N, H, W, 3] (any device) -> [N, size, size, 3]: short side to ``size``
+    (bicubic, antialiased; the long side as ffmpeg's force_original_aspect_ratio=increase rounds
+    it), centre crop."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = frames.shape[1:3]
+    if height <= width:
+        new_height, new_width = size, max(size, int(Fraction(width * size, height) + Fraction(1, 2)))
+    else:
+        new_height, new_width = max(size, int(Fraction(height * size, width) + Fraction(1, 2))), size
+    x = frames.permute(0, 3, 1, 2).float()
+    if (new_height, new_width) != (height, width):
+        x = F.interpolate(x, size=(new_height, new_width), mode="bicubic", align_corners=False, antialias=True)
+    top, left = (new_height - size) // 2, (new_width - size) // 2
+    x = x[..., top : top + size, left : left + size]
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def _decode_torchcodec(
+    path: Path, timeline: Timeline, wanted: list[int], size: int, threads: int, device: str
+) -> dict[int, np.ndarray]:
+    VideoDecoder = _torchcodec()
+    if not timeline.has_timestamps:
+        raise VideoDecodeError(path, "torchcodec cannot index a raw stream without timestamps (use decode.backend "
+                               "pyav or ffmpeg for such files)")
+    try:
+        decoder = VideoDecoder(str(path), stream_index=timeline.stream_index, dimension_order="NHWC",
+                               num_ffmpeg_threads=threads, device=device, seek_mode="exact")
+        # the frame on screen halfway to the next one: float seconds cannot land on the wrong side
+        times = [float(_halfway(timeline, i)) for i in wanted]
+        batch = decoder.get_frames_played_at(seconds=times)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise VideoDecodeError(path, f"torchcodec: {str(exc).strip().splitlines()[0]}") from exc
+    # the same frames as the timeline's, by timestamp (within half the shortest gap between frames)
+    seconds = [float(timeline.pts[i] * timeline.time_base) for i in wanted]
+    gaps = np.diff(np.asarray(timeline.pts, dtype=np.float64)) * float(timeline.time_base)
+    slack = float(gaps.min()) / 2 if len(gaps) else 0.5
+    for position, want, got in zip(wanted, seconds, batch.pts_seconds.tolist(), strict=True):
+        if abs(got - want) > slack:
+            raise VideoDecodeError(path, f"torchcodec returned the frame at {got:.3f} s for frame {position} "
+                                   f"at {want:.3f} s")
+    pictures = batch.data
+    if decoder.metadata.rotation is not None:  # a display matrix: turn upright exactly as ffmpeg does
+        pictures = _upright(pictures, decoder.metadata.rotation, path)
+    frames = resize_and_crop(pictures, size).cpu().numpy()
+    return dict(zip(wanted, frames, strict=True))
+
+
+def _halfway(timeline: Timeline, position: int) -> Fraction:
+    """Seconds halfway between frame ``position`` and the next one (or the end of the last one)."""
+    following = timeline.pts[position + 1] if position + 1 < len(timeline.pts) else timeline.end
+    return (timeline.pts[position] + following) * timeline.time_base / 2
+
+
+def _upright(frames, rotation: float, path: Path):
+    """TorchCodec applies only the rotation part of a display matrix (``rot90`` by ``rotation``
+    degrees); ffmpeg's autorotate also mirrors. Undo TorchCodec's turn, then apply the filters
+    :func:`rotation_filters` gives ffmpeg for the matrix (read from the first frame by PyAV)."""
+    import torch
+
+    with _open(path) as container:
+        matrix = _display_matrix(next(container.decode(_video_stream(container, path))))
+    frames = torch.rot90(frames, -round(rotation / 90) % 4, dims=(1, 2))
+    for name, args in rotation_filters(matrix):
+        if name == "hflip":
+            frames = frames.flip(2)
+        elif name == "vflip":
+            frames = frames.flip(1)
+        elif (name, args) == ("transpose", "cclock_flip"):
+            frames = frames.transpose(1, 2)
+        elif (name, args) == ("transpose", "clock"):
+            frames = torch.rot90(frames, -1, dims=(1, 2))
+        elif (name, args) == ("transpose", "cclock"):
+            frames = torch.rot90(frames, 1, dims=(1, 2))
+        elif (name, args) == ("transpose", "clock_flip"):
+            frames = torch.rot90(frames, -1, dims=(1, 2)).flip(1)
+        else:
+            raise VideoDecodeError(path, f"torchcodec backend: display matrix needs {name}={args}, which only the "
+                                   f"pyav and ffmpeg backends apply")
+    return frames.contiguous()
+
+
 # ---- the one entry point ----------------------------------------------------------------------
 
 
@@ -557,13 +671,15 @@ def sample_frames(
     full_decode: bool = False,
     threads: int = 1,
     clip: Clip = None,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames uint8 [T, size, size, 3] (zero padded) and mask bool [T] of one video.
 
     Raises :class:`VideoDecodeError` with a readable reason for anything that cannot be sampled.
     ``full_decode=True`` (pyav) decodes every frame from the start, without seeking or skipping:
     the reference the fast path is tested against. ``threads``: decoder threads. ``clip``: sample
-    only inside (start, end) seconds (see :func:`sample_positions`).
+    only inside (start, end) seconds (see :func:`sample_positions`). ``device``: where the torchcodec
+    backend decodes ("cpu", "cuda", "cuda:1"; the others always decode on the CPU).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown decoder backend {backend!r} (expected one of {', '.join(BACKENDS)})")
@@ -574,6 +690,8 @@ def sample_frames(
         with _LibavErrors():
             if backend == "pyav":
                 decoded = _decode_pyav(path, plan.timeline, wanted, size, full_decode, threads)
+            elif backend == "torchcodec":
+                decoded = _decode_torchcodec(path, plan.timeline, wanted, size, threads, device)
             else:
                 binary = ffmpeg_binary_path(ffmpeg_binary)
                 decoded = _decode_ffmpeg(path, plan.timeline, wanted, size, binary, threads)
@@ -592,10 +710,22 @@ def sample_frames(
     return frames, mask
 
 
-def decoder_identity(backend: str, ffmpeg_binary: str | None = None) -> dict:
-    """Name and versions of what produces the pixels; part of the frames fingerprint."""
+def decoder_identity(backend: str, ffmpeg_binary: str | None = None, device: str = "cpu") -> dict:
+    """Name and versions of what produces the pixels; part of the frames fingerprint (for torchcodec
+    also its FFmpeg libraries and the device type: a GPU decoder may round differently)."""
     libraries = {name: ".".join(map(str, version)) for name, version in sorted(av.library_versions.items())}
     identity = {"name": backend, "pyav": av.__version__, "libav": libraries}
     if backend == "ffmpeg":
         identity["ffmpeg"] = ffmpeg_version(ffmpeg_binary_path(ffmpeg_binary))
+    if backend == "torchcodec":
+        _torchcodec()  # a readable error when it cannot run here
+        import torch
+        import torchcodec
+        from torchcodec import _core
+
+        versions = _core.get_ffmpeg_library_versions()
+        identity["torchcodec"] = torchcodec.__version__
+        identity["torchcodec_ffmpeg"] = {name: ".".join(map(str, value)) if isinstance(value, list) else str(value)
+                                         for name, value in sorted(versions.items())}
+        identity["device"] = torch.device(device).type
     return identity

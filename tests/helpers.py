@@ -27,10 +27,17 @@ def known_fraction(group, rows: np.ndarray, cols: np.ndarray, batches) -> float:
 
 
 def read_rows(out: str | Path) -> list[dict[str, str]]:
-    """The rows of a training run's ``metrics.tsv`` (one dict per epoch, values as written)."""
-    lines = (Path(out) / "metrics.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    """The rows of a training run's DVCLive log (one dict per epoch, values as written)."""
+    from teachclip.training.log import read_history
+
+    return read_history(out)
+
+
+def summary_of(row: dict) -> dict:
+    """What DVCLive's metrics.json holds after logging ``row`` last: its metrics, "step" = its epoch."""
+    from teachclip.training.log import RENAMED
+
+    return {RENAMED.get(k, k): v for k, v in row.items() if k != "epoch"} | {"step": row["epoch"]}
 
 
 def make_video(path: Path, *args: str, size: str = "64x48", rate: int = 10, seconds: float = 3) -> Path:

@@ -136,7 +136,7 @@ def test_torchrun_train_student_matches_one_process(data, tmp_path):
     single_rows, ddp_rows = read_rows(tmp_path / "single"), read_rows(tmp_path / "ddp")
     assert len(single_rows) == len(ddp_rows) == 2
     for one, two in zip(single_rows, ddp_rows, strict=True):
-        assert one["step"] == two["step"]
+        assert one["optimizer_steps"] == two["optimizer_steps"]
         for term in ("nce", "coarse", "fine", "loss", "logit_scale", "test_t2v_R1"):
             assert float(two[term]) == pytest.approx(float(one[term]), rel=1e-5, abs=1e-6), term
     one = load_file(str(tmp_path / "single" / "model.safetensors"))

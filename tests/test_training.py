@@ -14,7 +14,7 @@ from teachclip.core.manifest import SplitData
 from teachclip.models.scorer import VectorScorer
 from teachclip.models.teachers.base import Teacher
 from teachclip.training.batches import caption_per_video_batches, frames_batches
-from teachclip.training.log import MetricsLog, RunningLosses
+from teachclip.training.log import MetricsLog, RunningLosses, read_history, read_summary
 from teachclip.training.optim import build_optimizer, lr_factor, warmup_cosine
 from teachclip.training.scoring import score_collection
 from teachclip.training.state import load_training_state, save_training_state
@@ -224,16 +224,32 @@ def test_checkpoint_files_are_safetensors_and_json_only(tmp_path):
 # ---- logs ------------------------------------------------------------------------------------
 
 
-def test_metrics_log_writes_tsv_and_last_row_json(tmp_path):
+def test_metrics_log_is_dvclives_layout_without_timestamps(tmp_path):
     log = MetricsLog(tmp_path)
-    log.append({"epoch": 1, "loss": 2.5})
-    log.append({"epoch": 2, "loss": 1.5, "test_t2v_R1": 10.0})
-    lines = (tmp_path / "metrics.tsv").read_text().splitlines()
-    assert lines == ["epoch\tloss\ttest_t2v_R1", "1\t2.5\t", "2\t1.5\t10.0"]
-    assert json.loads((tmp_path / "metrics.json").read_text()) == {"epoch": 2, "loss": 1.5, "test_t2v_R1": 10.0}
-    resumed = MetricsLog(tmp_path, rows=log.rows[:1])  # a resume after epoch 1 rewrites, never duplicates
-    resumed.append({"epoch": 2, "loss": 1.0})
-    assert (tmp_path / "metrics.tsv").read_text().splitlines() == ["epoch\tloss", "1\t2.5", "2\t1.0"]
+    log.append({"epoch": 1, "step": 3, "loss": 2.5})
+    log.append({"epoch": 2, "step": 6, "loss": 1.5, "test_t2v_R1": 10.0})
+    live = tmp_path / "dvclive"
+    assert sorted(p.relative_to(live).as_posix() for p in live.rglob("*") if p.is_file()) == [
+        "metrics.json", "plots/metrics/loss.tsv", "plots/metrics/optimizer_steps.tsv",
+        "plots/metrics/test_t2v_R1.tsv"]
+    assert (live / "plots/metrics/loss.tsv").read_text() == "step\tloss\n1\t2.5\n2\t1.5\n"
+    assert (live / "plots/metrics/test_t2v_R1.tsv").read_text() == "step\ttest_t2v_R1\n2\t10.0\n"  # evaluated epochs only
+    assert read_summary(tmp_path) == {"step": 2, "optimizer_steps": 6, "loss": 1.5, "test_t2v_R1": 10.0}
+    assert read_history(tmp_path) == [{"epoch": "1", "loss": "2.5", "optimizer_steps": "3"},
+                                      {"epoch": "2", "loss": "1.5", "optimizer_steps": "6", "test_t2v_R1": "10.0"}]
+    # a resume after epoch 1 (rows restored from the checkpoint) rebuilds the log: epoch 2 never twice
+    resumed = MetricsLog(tmp_path, rows=log.rows[:1])
+    resumed.append({"epoch": 2, "step": 6, "loss": 1.0})
+    assert (live / "plots/metrics/loss.tsv").read_text() == "step\tloss\n1\t2.5\n2\t1.0\n"
+    assert not (live / "plots/metrics/test_t2v_R1.tsv").exists()
+    assert read_summary(tmp_path) == {"step": 2, "optimizer_steps": 6, "loss": 1.0}
+    assert not list(tmp_path.glob("*.tsv")) and not (live / "dvc.yaml").exists()
+
+
+def test_only_the_logging_rank_writes(tmp_path):
+    """Under DDP every rank keeps the rows, but only rank 0 calls append: the others write nothing."""
+    MetricsLog(tmp_path / "other-rank", rows=[{"epoch": 1, "loss": 1.0}]).rows.append({"epoch": 2, "loss": 0.5})
+    assert not (tmp_path / "other-rank").exists()
 
 
 def test_running_losses():

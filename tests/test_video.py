@@ -58,6 +58,8 @@ def videos(tmp_path_factory) -> dict[str, Path]:
         "rotated90": remux(portrait, d / "rotated90.mp4", "-display_rotation:v:0", "90"),
         "rotated180": remux(portrait, d / "rotated180.mp4", "-display_rotation:v:0", "180"),
         "flipped": remux(portrait, d / "flipped.mp4", "-display_rotation:v:0", "90", "-display_hflip:v:0"),
+        "hflip": remux(portrait, d / "hflip.mp4", "-display_hflip:v:0"),
+        "vflip": remux(portrait, d / "vflip.mp4", "-display_vflip:v:0"),
         # 20 frames in the first second (time base 1/20), then frames at 1.0, 1.7 and 2.4 s
         "vfr": make_video(
             d / "vfr.mkv",
@@ -147,6 +149,89 @@ def test_both_backends_give_the_same_frames(videos, name):
     assert pyav_mask.any() and pyav_frames[pyav_mask].std() > 5  # real pictures, not blanks
     np.testing.assert_array_equal(pyav_mask, ffmpeg_mask)
     np.testing.assert_array_equal(pyav_frames, ffmpeg_frames)
+
+
+# TorchCodec converts whole frames to RGB and then scales them (torch bicubic); pyav and ffmpeg scale
+# in YUV 4:4:4 with swscale's bicubic and convert the crop. Both are "the same picture" up to rounding
+# and chroma interpolation: measured on these files at 24 px (a 2-2.7x downscale), mean |difference|
+# 1.9 levels for 4:4:4 sources and 4.3-4.6 for 4:2:0 ones, 99th percentile <= 29 levels, all at the
+# sharp colour edges of testsrc2 (the chroma of 4:2:0 is interpolated before vs after scaling). The
+# bounds leave headroom for other FFmpeg builds; a wrong frame (a neighbour 1 s away) or a wrong
+# orientation gives 80+ levels, and the nearest-frame check below names it exactly.
+TORCHCODEC_MEAN_LEVELS = 6.0
+TORCHCODEC_P99_LEVELS = 40
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["gop", "odd", "portrait", "rotated90", "rotated180", "flipped", "hflip", "vflip", "vfr", "vp9_webm",
+     "hevc_10bit_bt709", "short"],
+)  # fmt: skip
+def test_torchcodec_gives_the_frames_of_the_other_backends(videos, name):
+    reference, reference_mask = sample_frames(videos[name], 6, 1.0, 24, "pyav")
+    frames, mask = sample_frames(videos[name], 6, 1.0, 24, "torchcodec")
+    assert frames.shape == reference.shape and frames.dtype == np.uint8
+    np.testing.assert_array_equal(mask, reference_mask)
+    assert frames[~mask].max(initial=0) == 0
+    difference = np.abs(frames.astype(np.int16) - reference.astype(np.int16))[mask]
+    print(f"{name}: mean {difference.mean():.2f} p99 {np.percentile(difference, 99):.0f} max {difference.max()}")
+    assert difference.mean() <= TORCHCODEC_MEAN_LEVELS
+    assert np.percentile(difference, 99) <= TORCHCODEC_P99_LEVELS
+    # the same frame, not a neighbour: each slot is nearest to the reference's frame of that slot
+    valid = np.flatnonzero(mask)
+    for slot in valid:
+        distance = {other: np.abs(frames[slot].astype(np.int16) - reference[other]).mean() for other in valid}
+        nearest = min(distance.values())
+        assert distance[slot] == nearest or np.array_equal(reference[slot], reference[min(distance, key=distance.get)])
+
+
+def test_torchcodec_frames_are_the_planned_frames_on_the_timeline(videos):
+    """The index torchcodec is asked for is checked against the demuxer's timestamps."""
+    plan = plan_samples(videos["vfr"], 4, 1.0)
+    frames, mask = sample_frames(videos["vfr"], 4, 1.0, 24, "torchcodec")
+    pyav_frames, _ = sample_frames(videos["vfr"], 4, 1.0, 24, "pyav")
+    assert mask.sum() == len(plan.positions)
+    assert np.abs(frames.astype(np.int16) - pyav_frames).mean() <= TORCHCODEC_MEAN_LEVELS
+
+
+def test_torchcodec_refuses_a_raw_stream_readably(videos):
+    with pytest.raises(VideoDecodeError, match="raw stream without timestamps"):
+        sample_frames(videos["raw_h264"], 4, 1.0, 16, "torchcodec")
+
+
+@pytest.mark.parametrize("name", ["mpeg4_avi", "mpeg2_ts"])
+def test_torchcodec_refuses_frames_it_times_differently(videos, name):
+    """AVI (no presentation timestamps) and MPEG-TS with B-frames: TorchCodec's frame times differ
+    from the demuxer's packet times the sampling rule uses, so it would return other frames than pyav
+    and ffmpeg; the backend says so instead of sampling them."""
+    with pytest.raises(VideoDecodeError, match="torchcodec returned the frame at"):
+        sample_frames(videos[name], 6, 1.0, 24, "torchcodec")
+
+
+def test_torchcodec_missing_is_a_readable_configuration_error(videos, monkeypatch):
+    import sys
+
+    from teachclip.core.errors import TeachclipError
+
+    monkeypatch.setitem(sys.modules, "torchcodec", None)  # as if not installed
+    with pytest.raises(TeachclipError, match="teachclip\\[torchcodec\\]"):
+        sample_frames(videos["short"], 4, 1.0, 16, "torchcodec")
+    with pytest.raises(TeachclipError, match="decode.backend torchcodec"):
+        decoder_identity("torchcodec")
+
+
+def test_resize_and_crop_matches_ffmpegs_output_geometry():
+    import torch
+
+    from teachclip.video import resize_and_crop
+
+    frames = torch.zeros((2, 47, 63, 3), dtype=torch.uint8)
+    frames[:, :, 31:32] = 255  # a bright column in the middle stays in the middle
+    out = resize_and_crop(frames, 24)
+    assert out.shape == (2, 24, 24, 3) and out.dtype == torch.uint8
+    assert int(out[0, 12].float().mean(dim=-1).argmax()) in (11, 12)
+    same = torch.randint(0, 256, (1, 24, 24, 3), dtype=torch.uint8)
+    assert torch.equal(resize_and_crop(same, 24), same)  # already the size: untouched
 
 
 def test_seeking_and_skipping_give_the_frames_of_a_full_decode(videos, monkeypatch):
@@ -259,7 +344,7 @@ def bad_inputs(tmp_path_factory, videos) -> dict[str, tuple[Path, str]]:
     return make_bad_inputs(tmp_path_factory.mktemp("bad"), videos["portrait"])
 
 
-@pytest.mark.parametrize("backend", ["pyav", "ffmpeg"])
+@pytest.mark.parametrize("backend", ["pyav", "ffmpeg", "torchcodec"])
 @pytest.mark.parametrize(
     "kind",
     ["missing", "empty", "truncated", "corrupt", "non_video", "audio_only", "directory", "unsupported_codec"],
@@ -292,3 +377,6 @@ def test_decoder_identity_names_the_versions():
     assert pyav["name"] == "pyav" and pyav["pyav"] and "libavcodec" in pyav["libav"]
     ffmpeg = decoder_identity("ffmpeg")
     assert ffmpeg["name"] == "ffmpeg" and ffmpeg["ffmpeg"].startswith("ffmpeg version")
+    torchcodec = decoder_identity("torchcodec")
+    assert torchcodec["torchcodec"] and "libavcodec" in torchcodec["torchcodec_ffmpeg"]
+    assert torchcodec["device"] == "cpu" and decoder_identity("torchcodec", device="cuda:0")["device"] == "cuda"

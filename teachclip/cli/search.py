@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
 
 def index(
-    model: Path = typer.Option(..., "--model", help="A saved student directory."),
+    model: Path = typer.Option(..., "--model", help="A saved student directory or a `teach export` directory."),
     frames: Path = FRAMES_OPTION,
     features: Path = FEATURES_OPTION,
     out: Path = typer.Option(..., "--out", help="index.zarr to write."),

@@ -71,7 +71,9 @@ class DecodeConfig(Section):
     frames_per_video: int = Field(12, ge=1, le=4096)
     sample_fps: float = Field(1.0, gt=0)  # first sample at this rate, then linspace down to T
     size: int = Field(224, ge=8, le=4096)  # short side resized to this, then center crop size x size
-    backend: Literal["pyav", "ffmpeg"] = "pyav"  # chosen by bench/decode.py (docs/decode.md)
+    backend: Literal["pyav", "ffmpeg", "torchcodec"] = "pyav"  # chosen by bench/decode.py (docs/decode.md)
+    # where the torchcodec backend decodes: "cpu", "cuda" or "cuda:N" (pyav and ffmpeg decode on the CPU)
+    device: str = "cpu"
     ffmpeg_binary: str | None = None  # None: the binary shipped by imageio-ffmpeg
     decoder_threads: int = Field(1, ge=1)  # per video; 1 is best when workers fill the cores
     videos_per_shard: int = Field(16, ge=1)

@@ -5,15 +5,18 @@
   of this teacher, or an official X-CLIP / TS2-Net / X-Pool checkpoint mapped by ``teachers/official.py``);
 - :func:`load_model`: rebuild whatever a directory of :mod:`teachclip.models.io` holds, by its
   ``kind``: ``student``, ``backbone`` (``teach pretrain-backbone``) or a teacher kind. Builders never
-  fetch pretrained weights: the file supplies every tensor, so a saved model loads offline.
+  fetch pretrained weights: the file supplies every tensor, so a saved model loads offline;
+- :func:`load_export`: the :class:`Student` a ``teach export`` directory holds (open_clip weights + head).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
 from pydantic import ValidationError
 from torch import nn
@@ -138,3 +141,66 @@ def _build_backbone(config: dict[str, Any]) -> nn.Module:
 def _build_saved_teacher(config: dict[str, Any]) -> Teacher:
     # the checkpoint supplies every tensor: never fetch pretrained weights or an old checkpoint
     return create_teacher(TeacherConfig.model_validate(config), load_weights=False)
+
+
+def load_export(directory: str | Path, device: str | torch.device = "cpu") -> Student:
+    """Rebuild the student a ``teach export`` directory holds, on ``device`` in eval mode: the same
+    module (and vectors) as the saved student it was exported from."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    path = directory / io.CONFIG_FILE
+    if not io.is_export(directory):
+        raise io.CheckpointError(f"{path}: not a teach export config (format {io.EXPORT_FORMAT!r} expected)")
+    document = json.loads(path.read_text())
+    try:
+        if document["format_version"] > io.EXPORT_VERSION:
+            raise io.CheckpointError(f"{path}: export format_version {document['format_version']} is newer than "
+                                     f"this code reads ({io.EXPORT_VERSION})")
+        name = document["open_clip_model"]
+        if (directory / io.EXPORT_MODEL_CONFIGS).is_dir():  # project configs (teachclip-tiny ...) ship with it
+            open_clip.add_model_config(directory / io.EXPORT_MODEL_CONFIGS)
+        if document["force_quick_gelu"] and not name.endswith("-quickgelu"):
+            # open_clip names the QuickGELU variant of a stock config "<name>-quickgelu"
+            name = f"{name}-quickgelu"
+        head = load_file(directory / io.EXPORT_HEAD_WEIGHTS)
+        clip = load_file(directory / io.EXPORT_OPEN_CLIP_WEIGHTS)
+        positions = head.get("temporal.frame_position_embeddings.weight")
+        fields = {"backbone": BackboneConfig(name=name, max_words=document["context_length"]),
+                  "head": document["head"], "afa": document["afa"],
+                  "afa_pool_temperature": document["afa_pool_temperature"]}
+        if document["temporal"] is not None:
+            fields |= {"temporal_layers": document["temporal"]["layers"], "max_frames": int(positions.shape[0])}
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise io.CheckpointError(f"{path}: not a readable export ({type(exc).__name__}: {exc})") from exc
+    except (OSError, SafetensorError) as exc:
+        raise io.CheckpointError(f"{directory}: cannot read the export's weights: {exc}") from exc
+    model = None
+    for init in ("text", "random"):  # the temporal head's shape depends on how it was initialised
+        try:
+            candidate = Student(StudentConfig(**fields, temporal_init=init))
+        except (RuntimeError, ValueError) as exc:
+            raise io.CheckpointError(f"{path}: cannot build {name!r}: {exc}") from exc
+        if document["temporal"] is None or temporal_spec(candidate) == document["temporal"]:
+            model = candidate
+            break
+    if model is None:
+        raise io.CheckpointError(f"{path}: no student head matches the exported temporal transformer "
+                                 f"{document['temporal']}")
+    state = {f"backbone.clip.{key}": value for key, value in clip.items()} | head
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise io.CheckpointError(f"{directory}: the export's weights do not fit {name!r}: {exc}") from exc
+    return model.to(device).eval()
+
+
+def temporal_spec(student: Student) -> dict[str, Any]:
+    """The temporal transformer's shape as ``teach export`` records it."""
+    from open_clip.transformer import LayerNormFp32, QuickGELU
+
+    block = student.temporal.transformer.resblocks[0]
+    return {"layers": len(student.temporal.transformer.resblocks), "heads": student.temporal.heads,
+            "act_layer": "quick_gelu" if isinstance(block.mlp.gelu, QuickGELU) else "gelu",
+            "norm_layer": "layer_norm_fp32" if isinstance(block.ln_1, LayerNormFp32) else "layer_norm"}

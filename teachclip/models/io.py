@@ -31,6 +31,13 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 4 << 20  # a config.json is a few KB; anything near this is not one
 
+# ``teach export``'s directory (written by teachclip/tools/export.py, read back by factory.load_export)
+EXPORT_FORMAT = "teachclip-export"
+EXPORT_VERSION = 1
+EXPORT_OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+EXPORT_HEAD_WEIGHTS = "head.safetensors"
+EXPORT_MODEL_CONFIGS = "model_configs"
+
 
 class CheckpointError(InputError):
     """A saved model or checkpoint that cannot be used: unknown kind, bad config, weights that do not fit."""
@@ -135,6 +142,29 @@ def model_fingerprint(model_dir: str | Path) -> str:
             raise MissingFileError(f"{path}: not found (a saved model has {CONFIG_FILE} and {WEIGHTS_FILE})")
         hashes[name] = sha256_file(path)
     return fingerprint("model", hashes)
+
+
+def is_export(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a ``teach export`` (its config.json names the export format)."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        return path.is_file() and path.stat().st_size <= MAX_CONFIG_BYTES and \
+            json.loads(path.read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def export_fingerprint(directory: str | Path) -> str:
+    """Identity of an export: the sha256 of its config and both weight files."""
+    directory = Path(directory)
+    hashes = {}
+    for name in (CONFIG_FILE, EXPORT_OPEN_CLIP_WEIGHTS, EXPORT_HEAD_WEIGHTS):
+        path = directory / name
+        if not path.is_file():
+            raise MissingFileError(f"{path}: not found (an export has {CONFIG_FILE}, {EXPORT_OPEN_CLIP_WEIGHTS} "
+                                   f"and {EXPORT_HEAD_WEIGHTS})")
+        hashes[name] = sha256_file(path)
+    return fingerprint("export", hashes)
 
 
 def weights_path(path: str | Path) -> Path:

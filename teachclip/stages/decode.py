@@ -89,7 +89,7 @@ def sampling_config(config: DecodeConfig) -> dict:
         "size": config.size,
         "resize": "short side, bicubic",
         "crop": "center",
-        "decoder": decoder_identity(config.backend, config.ffmpeg_binary),
+        "decoder": decoder_identity(config.backend, config.ffmpeg_binary, config.device),
     }
 
 
@@ -211,6 +211,7 @@ def decode_shard(job: ShardJob, *, partial: str, config: DecodeConfig) -> ShardR
                 config.ffmpeg_binary,
                 threads=config.decoder_threads,
                 clip=job.clips[i] if job.clips else None,
+                device=config.device,
             )
         except VideoDecodeError as exc:
             result.failures.append({"video_id": video_id, "path": shown, "reason": exc.reason})

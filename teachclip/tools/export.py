@@ -27,16 +27,13 @@ from safetensors.torch import save_file
 
 from teachclip.core.errors import InputError
 from teachclip.models.backbone import CLIP_MEAN, CLIP_STD
-from teachclip.models.factory import load_model
-from teachclip.models.io import model_fingerprint
+from teachclip.models.factory import load_model, temporal_spec
+from teachclip.models.io import CONFIG_FILE as CONFIG
+from teachclip.models.io import EXPORT_FORMAT, EXPORT_MODEL_CONFIGS, EXPORT_VERSION, model_fingerprint
+from teachclip.models.io import EXPORT_HEAD_WEIGHTS as HEAD_WEIGHTS
+from teachclip.models.io import EXPORT_OPEN_CLIP_WEIGHTS as OPEN_CLIP_WEIGHTS
 from teachclip.models.student import Student
 from teachclip.stores.zarr_io import partial_path
-
-EXPORT_FORMAT = "teachclip-export"
-EXPORT_VERSION = 1
-OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
-HEAD_WEIGHTS = "head.safetensors"
-CONFIG = "config.json"
 
 
 def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -46,7 +43,7 @@ def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def export_student(model_dir: str | Path, out: str | Path) -> Path:
     """Write the export of the student saved in ``model_dir`` to ``out`` (via ``out.partial``)."""
-    from open_clip.transformer import LayerNormFp32, QuickGELU
+    from open_clip.transformer import QuickGELU
 
     student = load_model(model_dir)
     if not isinstance(student, Student):
@@ -60,13 +57,7 @@ def export_student(model_dir: str | Path, out: str | Path) -> Path:
     temporal_config = None
     if student.temporal is not None:
         head |= {f"temporal.{k}": v for k, v in student.temporal.state_dict().items()}
-        block = student.temporal.transformer.resblocks[0]
-        temporal_config = {
-            "layers": len(student.temporal.transformer.resblocks),
-            "heads": student.temporal.heads,
-            "act_layer": "quick_gelu" if isinstance(block.mlp.gelu, QuickGELU) else "gelu",
-            "norm_layer": "layer_norm_fp32" if isinstance(block.ln_1, LayerNormFp32) else "layer_norm",
-        }
+        temporal_config = temporal_spec(student)
     if student.afa is not None:
         head |= {f"afa.{k}": v for k, v in student.afa.state_dict().items()}
 
@@ -92,13 +83,13 @@ def export_student(model_dir: str | Path, out: str | Path) -> Path:
     partial = partial_path(out)
     for path in (out, partial):  # replaced only if it is an earlier export: never another folder
         _remove_export(path)
-    (partial / "model_configs").mkdir(parents=True)
+    (partial / EXPORT_MODEL_CONFIGS).mkdir(parents=True)
     save_file(_plain(clip.state_dict()), str(partial / OPEN_CLIP_WEIGHTS), metadata={"format": EXPORT_FORMAT})
     save_file(_plain(head), str(partial / HEAD_WEIGHTS), metadata={"format": EXPORT_FORMAT})
     model_config = open_clip.get_model_config(name)
     if model_config is None:
         raise InputError(f"open_clip does not know the model config {name!r}")
-    (partial / "model_configs" / f"{name}.json").write_text(json.dumps(model_config, indent=2) + "\n")
+    (partial / EXPORT_MODEL_CONFIGS / f"{name}.json").write_text(json.dumps(model_config, indent=2) + "\n")
     (partial / CONFIG).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     os.replace(partial, out)
     return out
@@ -114,7 +105,7 @@ def _remove_export(path: Path) -> None:
         ours = entries is not None and json.loads((path / CONFIG).read_text()).get("format") == EXPORT_FORMAT
     except (OSError, ValueError, AttributeError):
         ours = False
-    if entries is not None and (ours or entries <= {CONFIG, OPEN_CLIP_WEIGHTS, HEAD_WEIGHTS, "model_configs"}):
+    if entries is not None and (ours or entries <= {CONFIG, OPEN_CLIP_WEIGHTS, HEAD_WEIGHTS, EXPORT_MODEL_CONFIGS}):
         shutil.rmtree(path)
         return
     raise InputError(f"{path}: exists and is not a teachclip export; refusing to delete or replace it")

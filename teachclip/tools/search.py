@@ -1,6 +1,6 @@
 """``teach search``: embed a collection once into ``index.zarr``, then answer text queries.
 
-A query is one text encoding (the student's text tower) followed by **one matrix-vector product** over
+A query is one text encoding (the student's text tower, through :mod:`teachclip.api`) followed by **one matrix-vector product** over
 the whole index and a top-k: the index is loaded into memory (on the model's device) once by
 :class:`Searcher`, so answering a query never touches the disk. A collection of at least
 ``search.ann_threshold`` videos also gets an approximate index (faiss IVF with 8-bit codes); the
@@ -16,18 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from teachclip.api import load_student, student_fingerprint
 from teachclip.core.config import SearchConfig
 from teachclip.core.device import pick_device
 from teachclip.core.progress import progress_bar
-from teachclip.models.factory import load_model
-from teachclip.models.io import model_fingerprint
-from teachclip.models.student import Student
 from teachclip.stores import open_video_store
 from teachclip.stores.search_index import AnnIndex, SearchIndexError, read_index, write_index
-from teachclip.training.scoring import encode_videos, uses_amp
 
 
 def build_index(
@@ -40,24 +36,14 @@ def build_index(
     device: str = "auto",
     progress: bool = True,
 ) -> Path:
-    """Embed every valid video of a frames (or frame-features) store with a student; write ``out``, with an
-    approximate index when the store holds at least ``search.ann_threshold`` valid videos."""
+    """Embed every valid video of a frames (or frame-features) store with a student (saved or exported;
+    :func:`teachclip.api.load_student`); write ``out``, with an approximate index when the store holds
+    at least ``search.ann_threshold`` valid videos."""
     search = search or SearchConfig()
-    torch_device = pick_device(device)
-    model = load_model(model_dir, device=torch_device)
-    if not isinstance(model, Student):
-        raise SearchIndexError(f"{model_dir}: not a student model (a search index needs one vector per video)")
-    store = open_video_store(frames)
-    store.check_model(model)
-    positions = np.flatnonzero(np.asarray(store.valid, dtype=bool))
-    video_ids = [store.video_ids[i] for i in positions]
-    embeddings = np.zeros((0, model.backbone.embed_dim), np.float32)
-    if len(positions):
-        with progress_bar(progress) as bar:
-            task = bar.add_task("index", total=len(positions), status="")
-            features = encode_videos(model.scorer(), store, positions, video_ids, batch_videos=batch_videos,
-                                     device=torch_device, amp=uses_amp(model), progress=(bar, task))
-        embeddings = features["vector"].float().cpu().numpy()
+    student = load_student(model_dir, device=device)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("index", total=None, status="")
+        video_ids, embeddings = student.embed_store(frames, batch_videos=batch_videos, progress=(bar, task))
     ann = None
     if len(video_ids) >= search.ann_threshold:
         # trained on the stored precision's values, so exact and approximate search see the same vectors
@@ -66,8 +52,9 @@ def build_index(
             task = bar.add_task("ann index", total=len(video_ids), status="")
             ann = AnnIndex.build(stored, lists=search.ann_lists, train_videos=search.ann_train_videos,
                                  seed=search.ann_seed, progress=lambda done: bar.update(task, completed=done))
-    return write_index(out, embeddings, video_ids, search.dtype, model_fingerprint=model_fingerprint(model_dir),
-                       model_path=str(Path(model_dir).resolve()), frames_fingerprint=store.fingerprint, ann=ann)
+    return write_index(out, embeddings, video_ids, search.dtype, model_fingerprint=student.fingerprint,
+                       model_path=str(Path(model_dir).resolve()), frames_fingerprint=open_video_store(frames).fingerprint,
+                       ann=ann)
 
 
 @dataclass(frozen=True)
@@ -89,18 +76,18 @@ class Searcher:
         self.embeddings = None if self.ann is not None else torch.from_numpy(
             self.index.embeddings).to(self.device).contiguous()
         model_dir = Path(model_dir if model_dir is not None else self.index.attrs["model_path"])
-        given = model_fingerprint(model_dir)
+        given = student_fingerprint(model_dir)
         if given != self.index.model_fingerprint:
             raise SearchIndexError(
                 f"{index_path} was built by model {self.index.model_fingerprint[:12]}, but {model_dir} is model "
                 f"{given[:12]}: its text vectors would not match the index; rebuild the index with this model"
             )
-        self.model = load_model(model_dir, device=self.device)
+        self.student = load_student(model_dir, device=str(self.device))
 
-    @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """Unit-length text vectors [N, d] (the part of a query that is not the index scan)."""
-        return self.model.encode_text(self.model.tokenize(list(texts)).to(self.device)).float()
+        """Unit-length text vectors [N, d] on the index's device (the part of a query that is not the
+        index scan)."""
+        return torch.from_numpy(self.student.embed_texts(texts)).to(self.device)
 
     @property
     def approximate(self) -> bool:
