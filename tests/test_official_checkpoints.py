@@ -812,3 +812,20 @@ def test_our_own_weight_files_still_load_and_are_not_official(tmp_path, xpool_hf
     torch.testing.assert_close(scores(again, TEXTS, videos)[0], scores(teacher, TEXTS, videos)[0])
     with pytest.raises(OfficialCheckpointError, match="teachclip's own format"):
         create_teacher(teacher_config("xpool", path, checkpoint_format="official"))
+
+
+def test_cache_identity_records_the_resolved_scoring(xclip_official):
+    """The teacher-cache fingerprint covers the scoring: an official checkpoint's automatic settings are
+    recorded as the released code's, and teachclip's masking is another cache entry."""
+    from teachclip.stages.extract_teachers.requests import TeacherRequest, identity_of
+
+    _, path, _, _ = xclip_official
+    released = identity_of(TeacherRequest("xclip", teacher_config("xclip", path), str(path)), "frames", "manifest")
+    assert released.config["scoring"]["mask_padded_words"] is False
+    assert released.config["scoring"]["padded_frames"] == "released"
+    explicit = identity_of(TeacherRequest("xclip", teacher_config(
+        "xclip", path, scoring={"mask_padded_words": False, "padded_frames": "released"}), str(path)), "frames", "manifest")
+    assert explicit.fingerprint == released.fingerprint  # automatic = the same settings written out
+    masked = identity_of(TeacherRequest("xclip", teacher_config(
+        "xclip", path, scoring={"mask_padded_words": True}), str(path)), "frames", "manifest")
+    assert masked.fingerprint != released.fingerprint

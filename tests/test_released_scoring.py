@@ -99,3 +99,14 @@ def test_perturbed_selection_by_hand():
     separated = selector(tokens, generators)
     selector.perturbed_eval = False
     torch.testing.assert_close(separated, selector(tokens), atol=1e-4, rtol=0)  # 2000 x 1/2000 in fp32
+
+
+def test_teachclip_teachers_record_teachclip_scoring_in_the_cache_identity():
+    from teachclip.stages.extract_teachers.requests import TeacherRequest, identity_of
+
+    config = TeacherConfig(kind="xclip", backbone={"name": "teachclip-tiny"})
+    ours = identity_of(TeacherRequest("xclip", config), "frames", "manifest")
+    assert ours.config["scoring"] == {"mask_padded_words": True, "padded_frames": "mask", "token_selection": None,
+                                      "selection_seed": 0, "text_context": None}
+    other = config.model_copy(update={"scoring": TeacherScoringConfig(padded_frames="released")})
+    assert identity_of(TeacherRequest("xclip", other), "frames", "manifest").fingerprint != ours.fingerprint
