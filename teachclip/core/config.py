@@ -216,7 +216,8 @@ class TrainStudentConfig(Section):
     # reproduces TeachCLIP's code, which softmaxes its teachers' scaled logits
     teacher_temperature: float = Field(0.01, gt=0)
     fine_temperature: float = Field(1.0, gt=0)  # tau of softmax(relevance / tau)
-    # "frame": mean over captions x valid frames (TeachCLIP's code, the scale weight_fine=2 is for);
+    # "frame": mean over captions x valid frames (TeachCLIP's scale, the one weight_fine=2 is for,
+    # exactly only without padded frames: its code averages over all B x T entries, padding included);
     # "caption": sum over frames, mean over captions
     fine_reduction: Literal["frame", "caption"] = "frame"
     huber_delta: float = Field(1.0, gt=0)
