@@ -21,7 +21,7 @@ from teachclip.models.backbone import Backbone
 from teachclip.models.io import CheckpointError, load_state_dict_safely, read_config, weights_path
 from teachclip.models.layers import normalize
 from teachclip.models.teachers.base import Features, Teacher, TextBatch, VideoBatch
-from teachclip.models.teachers.released import resolve_scoring
+from teachclip.models.teachers.released import departures, resolve_scoring
 
 
 class Options(BaseModel):
@@ -87,6 +87,9 @@ class ClipTeacher(Teacher):
         config = config.model_copy(update={"scoring": resolve_scoring(config.kind, config.scoring, official=False)})
         self.config = config
         self.scoring = config.scoring
+        if departures(self.scoring):  # recorded with the scores (teacher-cache attributes, saved teachers)
+            self.similarity_definition = (f"{self.similarity_definition}; scored as the released code: "
+                                          f"{', '.join(departures(self.scoring))}")
         self.options = self.options_class.model_validate(config.options)
         backbone_config = config.backbone if load_weights else config.backbone.model_copy(update={"pretrained": None})
         self.backbone = Backbone(backbone_config)

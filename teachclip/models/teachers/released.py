@@ -64,6 +64,12 @@ def resolve_scoring(kind: str, scoring: TeacherScoringConfig, official: bool) ->
     return scoring.model_copy(update=update) if update else scoring
 
 
+def departures(scoring: TeacherScoringConfig) -> list[str]:
+    """The resolved settings that differ from teachclip's masked scoring, as ``name=value``."""
+    return [f"{name}={getattr(scoring, name)}" for name, value in TEACHCLIP.items()
+            if getattr(scoring, name) is not None and getattr(scoring, name) != value]
+
+
 def ts2net_released_masks(mask: torch.Tensor, tokens_per_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
     """TS2-Net's tiled masks for frame masks [V, T]: the temporal transformer's token mask [V, T * k]
     (token i of the frame-major sequence gets frame ``i mod T``'s mask: ``repeat``, not
