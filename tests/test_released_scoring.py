@@ -110,3 +110,26 @@ def test_teachclip_teachers_record_teachclip_scoring_in_the_cache_identity():
                                       "selection_seed": 0, "text_context": None}
     other = config.model_copy(update={"scoring": TeacherScoringConfig(padded_frames="released")})
     assert identity_of(TeacherRequest("xclip", other), "frames", "manifest").fingerprint != ours.fingerprint
+
+
+@pytest.mark.parametrize("kind", ["xclip", "xpool", "ts2net"])
+def test_released_video_features_survive_the_extraction_scratch_files(kind, tmp_path):
+    """Extraction writes video features to safetensors between tasks: the released-code features
+    (with their frame_mask) must be storable and score the same after the round trip."""
+    from safetensors.torch import load_file, save_file
+
+    options = {} if kind == "xpool" else {"max_frames": 4} | ({"topk": 2, "shift_div": 3} if kind == "ts2net" else {})
+    torch.manual_seed(0)
+    teacher = create_teacher({"kind": kind, "backbone": {"name": "teachclip-micro"}, "options": options,
+                              "scoring": {"padded_frames": "released"}}, load_weights=False).eval()
+    frames = torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    with torch.no_grad():
+        texts = teacher.encode_texts(teacher.text_batch(["a dog", "a red car"], ["c0", "c1"], ["v0", "v1"]))
+        videos = teacher.encode_videos({"frames": frames, "mask": mask, "video_ids": ["v0", "v1"]})
+        assert "frame_mask" in videos
+        save_file({key: value.contiguous() for key, value in videos.items()}, str(tmp_path / "videos.safetensors"))
+        reloaded = load_file(str(tmp_path / "videos.safetensors"))
+        assert torch.equal(teacher.score(texts, reloaded), teacher.score(texts, videos))
+        relevance = teacher.relevance(texts, videos)
+    assert bool((relevance[~mask] == 0).all())

@@ -272,16 +272,16 @@ class TS2NetTeacher(ClipTeacher):
             frame_index = torch.arange(steps * per_frame, device=tokens.device)
         else:
             frame_index = torch.arange(steps, device=tokens.device).repeat_interleave(per_frame)
-        if self.scoring.padded_frames == "released":
+        released = self.scoring.padded_frames == "released"
+        if released:
             token_mask, frame_mask = ts2net_released_masks(mask, per_frame)
         else:
-            token_mask, frame_mask = mask.repeat_interleave(per_frame, dim=1), mask
+            token_mask = mask.repeat_interleave(per_frame, dim=1)
         joint = self.temporal(tokens.flatten(1, 2), token_mask, positions=frame_index)
         frames = normalize(joint.view(videos, steps, per_frame, -1)[:, :, 0])  # the CLS of every frame
-        if self.scoring.padded_frames != "released":
-            frames = frames.masked_fill(~mask[..., None], 0)
-        # frame_mask: the frames the pooling reads; mask: the frames that exist (relevance)
-        return {"frames": frames, "mask": mask, "frame_mask": frame_mask}
+        if released:  # frame_mask: the frames the pooling reads; mask: the frames that exist (relevance)
+            return {"frames": frames, "mask": mask, "frame_mask": frame_mask.contiguous()}
+        return {"frames": frames.masked_fill(~mask[..., None], 0), "mask": mask}
 
     @full_precision
     def score(self, text_features: Features, video_features: Features) -> torch.Tensor:

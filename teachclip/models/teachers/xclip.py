@@ -127,12 +127,9 @@ class XClipTeacher(ClipTeacher):
         head = self.temporal(raw, mask) if self.temporal is not None else raw
         video = normalize(masked_mean(normalize(head).masked_fill(~mask[..., None], 0), mask[..., None], dim=1))
         frames = normalize(raw if self.options.frame_features == "clip" else head)
-        # frame_mask: the frames the score reads (every one, padding included, for the released code)
-        if released:
-            frame_mask = torch.ones_like(mask)
-        else:
-            frames, frame_mask = frames.masked_fill(~mask[..., None], 0), mask
-        return {"frames": frames, "video": video, "mask": mask, "frame_mask": frame_mask}
+        if released:  # frame_mask: the frames the score reads (every one, padding included)
+            return {"frames": frames, "video": video, "mask": mask, "frame_mask": torch.ones_like(mask)}
+        return {"frames": frames.masked_fill(~mask[..., None], 0), "video": video, "mask": mask}
 
     @full_precision
     def score(self, text_features: Features, video_features: Features) -> torch.Tensor:

@@ -123,11 +123,12 @@ class XPoolTeacher(ClipTeacher):
 
     def encode_videos(self, batch: VideoBatch) -> Features:
         frames, mask = self.encode_valid_frames(batch)
-        frame_mask = mask  # the frames the attention reads
-        if self.scoring.padded_frames == "released":
+        if self.scoring.padded_frames == "released":  # frame_mask: the frames the attention reads
             frames, frame_mask = repeat_last_frame(frames, mask)
+            keys, values = self.head.keys_values(frames)
+            return {"keys": keys, "values": values, "mask": mask, "frame_mask": frame_mask}
         keys, values = self.head.keys_values(frames)
-        return {"keys": keys, "values": values, "mask": mask, "frame_mask": frame_mask}
+        return {"keys": keys, "values": values, "mask": mask}
 
     def score(self, text_features: Features, video_features: Features) -> torch.Tensor:
         pooled = self.head.pool(text_features["query"], video_features["keys"], video_features["values"],
