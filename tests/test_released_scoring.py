@@ -133,3 +133,23 @@ def test_released_video_features_survive_the_extraction_scratch_files(kind, tmp_
         assert torch.equal(teacher.score(texts, reloaded), teacher.score(texts, videos))
         relevance = teacher.relevance(texts, videos)
     assert bool((relevance[~mask] == 0).all())
+
+
+@pytest.mark.slow  # a subprocess building 12 teachers: minutes on a busy CPU
+def test_bench_released_scoring_prints_every_variant():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "bench" / "released_scoring.py"), "--backbone", "teachclip-micro",
+                             "--videos", "4", "--threads", "1"], capture_output=True, text=True, timeout=600,
+                            cwd=root / "bench")
+    assert result.returncode == 0, result.stderr
+    teachers = json.loads(result.stdout)["teachers"]
+    assert set(teachers["xclip"]["variants"]) == {"mask_padded_words=False", "padded_frames=released", "released"}
+    assert set(teachers["ts2net"]["variants"]) == {"padded_frames=released", "token_selection=perturbed", "released"}
+    for kind in ("xclip", "xpool", "ts2net"):  # padding changes only the padded videos
+        assert teachers[kind]["variants"]["padded_frames=released"]["relative_change_full_videos"] == 0.0
+        assert teachers[kind]["variants"]["padded_frames=released"]["relative_change_padded_videos"] > 0.0
