@@ -87,12 +87,12 @@ def test_perturbed_selection_by_hand():
     hard = selector(tokens)
     assert hard[0, 1].tolist() == [1, 0, 0, 0]
     selector.perturbed_eval = True
-    generators = [video_generator(0, "v0", 0, torch.device("cpu"))]
+    generators = [video_generator(0, "v0", 0)]
     soft = selector(tokens, generators)
     assert soft[0, 0].tolist() == [9, 9, 9, 9]  # CLS is always kept
     assert soft[0, 1, :2].tolist() == pytest.approx([0.5, 0.5], abs=0.05)
     assert float(soft[0, 1, 2]) == 0.0
-    again = selector(tokens, [video_generator(0, "v0", 0, torch.device("cpu"))])
+    again = selector(tokens, [video_generator(0, "v0", 0)])
     assert torch.equal(soft, again)  # seeded by (seed, video id)
     # well-separated scores: every noisy pick agrees with the hard one
     selector.scores = lambda tokens: torch.tensor([[0.9, -0.9, 0.1]])

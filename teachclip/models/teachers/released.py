@@ -81,10 +81,11 @@ def ts2net_released_masks(mask: torch.Tensor, tokens_per_frame: int) -> tuple[to
     return tokens, frames
 
 
-def video_generator(seed: int, video_id: str | None, index: int, device: torch.device) -> torch.Generator:
-    """A generator for one video's perturbed token selection: a function of (seed, video id) only, so
-    a video's scores do not depend on the batch it came in (index: its position, when ids are missing)."""
+def video_generator(seed: int, video_id: str | None, index: int) -> torch.Generator:
+    """A CPU generator for one video's perturbed token selection: a function of (seed, video id) only,
+    so a video's scores depend neither on the batch it came in (index: its position, when ids are
+    missing) nor on the device (CUDA generators draw other numbers)."""
     key = f"{seed}:{video_id}" if video_id is not None else f"{seed}:#{index}"
-    generator = torch.Generator(device=device)
+    generator = torch.Generator()
     generator.manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2**63 - 1))
     return generator

@@ -170,8 +170,8 @@ class TokenSelector(nn.Module):
             noise = None
             if not self.training and generators:
                 rows = scores.shape[0] // len(generators)
-                noise = torch.cat([torch.randn(rows, self.samples, scores.shape[1], generator=generator,
-                                               device=scores.device) for generator in generators])
+                noise = torch.cat([torch.randn(rows, self.samples, scores.shape[1], generator=generator)
+                                   for generator in generators]).to(scores.device)
             indicators = PerturbedTopK.apply(scores.float(), self.topk, self.samples, self.sigma, noise)
             selected = torch.einsum("bkp,bpc->bkc", indicators.to(patches.dtype), patches)
         else:
@@ -264,7 +264,7 @@ class TS2NetTeacher(ClipTeacher):
         generators = None
         if self.selector.perturbed_eval and not self.selector.training:
             ids = batch.get("video_ids") or [None] * videos
-            generators = [video_generator(self.scoring.selection_seed, ids[i], i, self.device)
+            generators = [video_generator(self.scoring.selection_seed, ids[i], i)
                           for i in range(videos)]
         tokens = self.frame_tokens(frames, mask, generators)  # [V, T, 1 + k, d]
         per_frame = tokens.shape[2]
