@@ -134,3 +134,46 @@ def test_bad_inputs_are_errors():
         retrieval_metrics(np.zeros((3, 3)), [0, 1])
     with pytest.raises(ValueError, match="out of range"):
         retrieval_metrics(np.zeros((2, 2)), [0, 2])
+
+
+def clip4clip_compute_metrics(similarity: np.ndarray) -> dict:
+    """CLIP4Clip's ``compute_metrics`` rule (metrics.py), written out: every position of the sorted row
+    whose score equals the ground truth's is one entry (a tie adds entries), over all entries."""
+    entries = []
+    for i, row in enumerate(similarity):
+        ordered = np.sort(-row)
+        entries.extend(np.flatnonzero(ordered == -row[i]).tolist())
+    entries = np.array(entries)
+    return {"R1": 100.0 * np.mean(entries == 0), "MR": float(np.median(entries) + 1),
+            "MeanR": float(np.mean(entries) + 1), "entries": len(entries)}
+
+
+def test_ties_differ_from_clip4clip_compute_metrics_by_hand():
+    """Our rule is pessimistic; CLIP4Clip adds one entry per tied position (not the first equal one)."""
+    similarity = np.array([
+        [1.0, 1.0, 0.0],  # gt ties with one other: ours rank 1; CLIP4Clip entries 0 and 1
+        [0.0, 2.0, 2.0],  # the same: ours 1; CLIP4Clip 0 and 1
+        [0.0, 0.0, 3.0],  # no tie: ours 0; CLIP4Clip 0
+    ])
+    ours = retrieval_metrics(similarity, [0, 1, 2])
+    assert (ours["t2v_R1"], ours["t2v_MdR"], ours["t2v_MnR"]) == (pytest.approx(100 / 3), 2.0, pytest.approx(5 / 3))
+    theirs = clip4clip_compute_metrics(similarity)
+    assert theirs == {"R1": 60.0, "MR": 1.0, "MeanR": pytest.approx(1.4), "entries": 5}  # 5 entries for 3 queries
+    # without ties the two agree
+    rng = np.random.default_rng(0)
+    untied = rng.normal(size=(20, 20))
+    ours, theirs = retrieval_metrics(untied, np.arange(20)), clip4clip_compute_metrics(untied)
+    assert (ours["t2v_R1"], ours["t2v_MdR"], ours["t2v_MnR"]) == pytest.approx((theirs["R1"], theirs["MR"], theirs["MeanR"]))
+
+
+def test_median_rank_is_numpy_median_not_torch_lower_middle():
+    """Four queries with ranks 0, 1, 2, 3: MdR = 2.5 here (the numpy median); CLIP4Clip's multi-caption
+    text-to-video path takes torch.median, the lower middle value: 2."""
+    similarity = np.array([
+        [4.0, 3.0, 2.0, 1.0],  # gt 0 -> rank 0
+        [4.0, 3.0, 2.0, 1.0],  # gt 1 -> rank 1
+        [4.0, 3.0, 2.0, 1.0],  # gt 2 -> rank 2
+        [4.0, 3.0, 2.0, 1.0],  # gt 3 -> rank 3
+    ])
+    assert retrieval_metrics(similarity, [0, 1, 2, 3])["t2v_MdR"] == 2.5
+    assert float(torch.median(torch.tensor([0, 1, 2, 3]) + 1)) == 2.0

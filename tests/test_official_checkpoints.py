@@ -9,9 +9,10 @@ compared with each method's formula written here straight from the official tens
 forward that reads both OpenAI names (``attn.in_proj_weight``, q/k/v packed as nn.MultiheadAttention
 does) and HF CLIPModel names (separate ``q_proj``/``k_proj``/``v_proj``), X-Pool's pooling from
 ``pool_frames.*``, X-CLIP's four scores from ``global_mat_weight`` & co., TS2-Net's patch shift,
-token selection and frame-weighted score. Where our teachers deliberately differ from the released
-code (masking of padded words; the hard top-k at inference; LayerNorm eps of the temporal blocks),
-the reference follows our definition and says so.
+token selection and frame-weighted score. An official checkpoint scores as the released code by
+default (``scoring``: padded words and padded frames scored, X-Pool's repeated last frame, TS2-Net's
+tiled mask and perturbed top-k); the references compute both that and teachclip's masked scoring,
+and each test says which. The LayerNorm eps of the temporal blocks is ours (1e-5) in both.
 """
 
 from __future__ import annotations
@@ -312,8 +313,9 @@ class ReferenceClip:
                    sd["text_projection.weight"].T)
 
     def image_tokens(self, frames: torch.Tensor, shift_layers=(), shift=None) -> torch.Tensor:
-        """uint8 frames [N, H, W, 3] -> every token after ln_post and the projection [N, 1 + P, embed]."""
-        pixels = (frames.permute(0, 3, 1, 2).float() / 255 - MEAN) / STD
+        """uint8 frames [N, H, W, 3] (or normalised pixels [N, 3, H, W]) -> every token after ln_post and
+        the projection [N, 1 + P, embed]."""
+        pixels = frames if frames.is_floating_point() else (frames.permute(0, 3, 1, 2).float() / 255 - MEAN) / STD
         x = F.conv2d(pixels, self.conv1, stride=PATCH).flatten(2).transpose(1, 2)
         x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1) + self.visual_positions
         x = ln(x, self.ln_pre)
@@ -332,14 +334,29 @@ class ReferenceClip:
         return hidden[torch.arange(len(tokens)), tokens.argmax(-1)], hidden
 
 
-def temporal_reference(sd: dict, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """CLIP4Clip's seqTransf from frame_position_embeddings + transformerClip (all tokens valid); the
-    LayerNorm eps is ours (1e-5; module_cross uses 1e-12, a difference far below the tolerances)."""
+def temporal_reference(sd: dict, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None):
+    """CLIP4Clip's seqTransf from frame_position_embeddings + transformerClip, keys of masked tokens
+    pushed to -1e6 as the code's ``extended_video_mask``; the LayerNorm eps is ours (1e-5;
+    module_cross uses 1e-12, a difference far below the tolerances)."""
     h = x + sd["frame_position_embeddings.weight"].float()[positions]
+    additive = None if mask is None else (1.0 - mask.float())[:, None, None, :] * -1e6
     layers = len({k.split(".")[2] for k in sd if k.startswith("transformerClip.")})
     for i in range(layers):
-        h = residual_block(h, openai_names(sd, f"transformerClip.resblocks.{i}."))
+        h = residual_block(h, openai_names(sd, f"transformerClip.resblocks.{i}."), additive_mask=additive)
     return h + x
+
+
+def released_pixels(videos: dict) -> torch.Tensor:
+    """Normalised pixels [V * T, 3, H, W], an all-zero tensor at every padded frame (the released
+    X-CLIP / TS2-Net dataloaders' ``np.zeros`` frames)."""
+    pixels = (videos["frames"].flatten(0, 1).permute(0, 3, 1, 2).float() / 255 - MEAN) / STD
+    return pixels * videos["mask"].flatten().float()[:, None, None, None]
+
+
+def pad_videos(videos: dict, valid: list[int]) -> dict:
+    """The same videos with only their first ``valid[i]`` frames valid (the rest: padding, black)."""
+    mask = torch.arange(videos["mask"].shape[1])[None] < torch.tensor(valid)[:, None]
+    return videos | {"frames": videos["frames"] * mask[..., None, None, None], "mask": mask}
 
 
 def make_frames(videos: int, steps: int, seed: int = 5) -> dict:
@@ -349,9 +366,10 @@ def make_frames(videos: int, steps: int, seed: int = 5) -> dict:
             "video_ids": [f"v{i}" for i in range(videos)]}
 
 
-def teacher_config(kind: str, checkpoint: Path, model: str = MODEL, **options) -> TeacherConfig:
+def teacher_config(kind: str, checkpoint: Path, model: str = MODEL, scoring: dict | None = None,
+                   **options) -> TeacherConfig:
     return TeacherConfig(kind=kind, backbone={"name": model, "pretrained": None}, checkpoint=str(checkpoint),
-                         options=options)
+                         options=options, scoring=scoring or {})
 
 
 def scores(teacher, texts, videos):
@@ -371,19 +389,27 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 # ---- X-Pool --------------------------------------------------------------------------------------------
 
 
-def xpool_reference(sd: dict, reference: ReferenceClip, tokens: torch.Tensor, videos: dict):
-    """X-Pool's pool_frames (modules/transformer.py) and cos(text, pooled), from the official tensors."""
+def xpool_reference(sd: dict, reference: ReferenceClip, tokens: torch.Tensor, videos: dict, released: bool = True):
+    """X-Pool's pool_frames (modules/transformer.py) and cos(text, pooled), from the official tensors.
+    ``released``: a padded frame is a copy of the video's last valid frame (video_capture.py appends
+    ``frames[-1]``), attended like any frame; otherwise (teachclip) padded frames get no weight."""
     p = {k.removeprefix("pool_frames."): v.float() for k, v in sd.items() if k.startswith("pool_frames.")}
     text, _ = reference.text(tokens)  # [N, E]
-    v, t = videos["mask"].shape
+    mask = videos["mask"]
+    v, t = mask.shape
     frames = reference.image_tokens(videos["frames"].flatten(0, 1))[:, 0].view(v, t, -1)  # [V, T, E]
+    if released:
+        last = mask.sum(1) - 1
+        frames = torch.stack([torch.cat([frames[j, : last[j] + 1], frames[j, last[j]].expand(t - 1 - last[j], -1)])
+                              for j in range(v)])
     text_n = ln(text, (p["layer_norm1.weight"], p["layer_norm1.bias"]))
     frames_n = ln(frames, (p["layer_norm1.weight"], p["layer_norm1.bias"]))
     q = text_n @ p["cross_attn.q_proj.weight"].T + p["cross_attn.q_proj.bias"]
     k = frames_n @ p["cross_attn.k_proj.weight"].T + p["cross_attn.k_proj.bias"]
     values = frames_n @ p["cross_attn.v_proj.weight"].T + p["cross_attn.v_proj.bias"]
     logits = torch.einsum("vtd,nd->nvt", k, q) / math.sqrt(EMBED)  # one head
-    attended = torch.einsum("nvt,vtd->nvd", logits.softmax(-1), values)
+    weights = logits.softmax(-1) if released else logits.masked_fill(~mask[None], float("-inf")).softmax(-1)
+    attended = torch.einsum("nvt,vtd->nvd", weights, values)
     out = attended @ p["cross_attn.out_proj.weight"].T + p["cross_attn.out_proj.bias"]
     out = ln(out, (p["layer_norm2.weight"], p["layer_norm2.bias"]))
     out = ln(out + out @ p["linear_proj.weight"].T + p["linear_proj.bias"], (p["layer_norm3.weight"], p["layer_norm3.bias"]))
@@ -432,6 +458,33 @@ def test_xpool_openai_names_match_the_formula(tmp_path):
     assert teacher.official_conversion.clip_names == "openai"
 
 
+def test_xpool_released_and_masked_scoring(xpool_hf, tmp_path):
+    """Default (released code): captions at CLIP's 77 tokens, padded frames = the last frame repeated;
+    scoring.text_context: max_words and padded_frames: mask give teachclip's. Both against the reference."""
+    sd, path, teacher = xpool_hf
+    assert (teacher.scoring.text_context, teacher.scoring.padded_frames) == ("model", "released")
+    long_caption = " ".join(["a red ball rolls past a small green box"] * 5)  # > 32 tokens
+    texts = [*TEXTS[:2], long_caption]
+    assert teacher.tokenize(texts).shape[1] == CONTEXT
+    videos = pad_videos(make_frames(3, 5, seed=13), [5, 3, 1])
+    released, _ = scores(teacher, texts, videos)
+    expected, _ = xpool_reference(sd, ReferenceClip.from_hf(sd), teacher.tokenize(texts), videos, released=True)
+    torch.testing.assert_close(released, expected, atol=2e-5, rtol=0)
+
+    masked_teacher = create_teacher(teacher_config(
+        "xpool", path, scoring={"text_context": "max_words", "padded_frames": "mask"})).eval()
+    tokens = masked_teacher.tokenize(texts)
+    assert tokens.shape[1] == 32 and int(tokens[2, -1]) == int(tokens.max())  # cut at 32, end-of-text kept
+    masked, _ = scores(masked_teacher, texts, videos)
+    expected_masked, _ = xpool_reference(sd, ReferenceClip.from_hf(sd), tokens, videos, released=False)
+    torch.testing.assert_close(masked, expected_masked, atol=2e-5, rtol=0)
+    # short captions agree on the full video and on the 1-frame video (copies of one frame pool to
+    # that frame); the long caption and the 3-of-5-frame video do not
+    torch.testing.assert_close(masked[:2, [0, 2]], released[:2, [0, 2]], atol=2e-5, rtol=0)
+    assert float((masked[2] - released[2]).abs().min()) > 1e-4
+    assert float((masked[:2, 1] - released[:2, 1]).abs().min()) > 1e-4
+
+
 def test_hf_qkv_fusion_reproduces_an_attention_block(xpool_hf):
     """The fused in_proj of an HF layer gives the same block output as separate q/k/v projections."""
     sd, _, teacher = xpool_hf
@@ -461,32 +514,40 @@ def aosm(similarity: torch.Tensor, reweight: torch.Tensor, tau: float = 0.01) ->
     return ((similarity / tau).softmax(-1) @ reweight * similarity).sum(-1)
 
 
-def xclip_reference(sd: dict, reference: ReferenceClip, tokens: torch.Tensor, videos: dict) -> torch.Tensor:
-    """modeling_xclip.py's _loose_similarity (seqTransf, use_original_clip_for_frame_features=True),
-    per caption over its valid words (start..end of text; the code also softmaxes padding)."""
+def xclip_reference(sd: dict, reference: ReferenceClip, tokens: torch.Tensor, videos: dict,
+                    released: bool = True) -> torch.Tensor:
+    """modeling_xclip.py's _loose_similarity (seqTransf, use_original_clip_for_frame_features=True).
+    ``released``: as the code, every word position (padding included) and every frame (a padded one is
+    an all-zero normalised image) in the softmaxes; otherwise teachclip's masking: the valid words
+    (start..end of text) and the valid frames only. The temporal head and the video mean mask padded
+    frames in both, as the code does."""
     m = {k: v.float() for k, v in sd.items() if "mat_weight" in k or "logit_weight" in k}
     sentence, hidden = reference.text(tokens)
-    v, t = videos["mask"].shape
-    raw = reference.image_tokens(videos["frames"].flatten(0, 1))[:, 0].view(v, t, -1)
-    temporal = temporal_reference(sd, raw, torch.arange(t))
-    video = normalize(normalize(temporal).mean(1))
+    mask = videos["mask"]
+    v, t = mask.shape
+    raw = reference.image_tokens(released_pixels(videos))[:, 0].view(v, t, -1)
+    temporal = temporal_reference(sd, raw, torch.arange(t), mask)
+    video = normalize((normalize(temporal) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
     frames = normalize(raw)
     sentence, words = normalize(sentence), normalize(hidden)
     out = torch.zeros(len(tokens), v)
     for n in range(len(tokens)):
-        valid = torch.arange(int(tokens[n].argmax()) + 1)
+        valid = torch.arange(tokens.shape[1] if released else int(tokens[n].argmax()) + 1)
         w = words[n, valid]
         rw = {name: m[name][valid][:, valid] for name in ("word_logit_weight", "word_mat_weight", "word_mat_weight2")}
         for j in range(v):
+            shown = torch.arange(t) if released else torch.arange(t)[mask[j]]
+            f = frames[j, shown]
+            rf = {name: m[name][shown][:, shown] for name in ("frame_logit_weight", "frame_mat_weight", "frame_mat_weight2")}
             video_sentence = sentence[n] @ m["global_mat_weight"] @ video[j]
             video_word = aosm(w @ video[j], rw["word_logit_weight"])
-            sentence_frame = aosm(frames[j] @ sentence[n], m["frame_logit_weight"][:t, :t])
-            fine = (w @ m["local_mat_weight"]) @ frames[j].T  # [words, frames]
+            sentence_frame = aosm(f @ sentence[n], rf["frame_logit_weight"])
+            fine = (w @ m["local_mat_weight"]) @ f.T  # [words, frames]
             word_level = aosm(fine.T, rw["word_mat_weight"])  # per frame, over words
-            frame_level = aosm(fine, m["frame_mat_weight"][:t, :t])  # per word, over frames
-            frame_word = (aosm(word_level, m["frame_mat_weight2"][:t, :t]) + aosm(frame_level, rw["word_mat_weight2"])) / 2
+            frame_level = aosm(fine, rf["frame_mat_weight"])  # per word, over frames
+            frame_word = (aosm(word_level, rf["frame_mat_weight2"]) + aosm(frame_level, rw["word_mat_weight2"])) / 2
             out[n, j] = (video_sentence + video_word + sentence_frame + frame_word) / 4
-    return out, frames
+    return out, frames * mask[..., None]
 
 
 @pytest.fixture(scope="module")
@@ -510,6 +571,28 @@ def test_xclip_checkpoint_matches_the_four_scores(xclip_official):
     sentence = normalize(ReferenceClip.from_openai(sd).text(tokens)[0])
     torch.testing.assert_close(relevance, torch.einsum("nd,ntd->nt", sentence, frames), atol=2e-5, rtol=0)
     assert similarity.std() > 1e-3
+
+
+def test_xclip_released_and_masked_scoring_with_padding(xclip_official):
+    """Default (released code): padded words and padded frames are scored; scoring.mask_padded_words
+    and scoring.padded_frames: mask give teachclip's masked scores. Both against the reference."""
+    sd, path, teacher, steps = xclip_official
+    assert (teacher.scoring.mask_padded_words, teacher.scoring.padded_frames) == (False, "released")
+    videos = pad_videos(make_frames(3, steps, seed=12), [steps, 4, 2])
+    tokens = teacher.tokenize(TEXTS)
+    assert bool((tokens == 0).any())  # the captions leave padding positions
+    reference = ReferenceClip.from_openai(sd)
+    released, relevance = scores(teacher, TEXTS, videos)
+    expected, frames = xclip_reference(sd, reference, tokens, videos, released=True)
+    torch.testing.assert_close(released, expected, atol=5e-5, rtol=0)
+    assert bool((relevance[~videos["mask"]] == 0).all())  # relevance is never read on padding
+
+    masked_teacher = create_teacher(teacher_config(
+        "xclip", path, scoring={"mask_padded_words": True, "padded_frames": "mask"})).eval()
+    masked, _ = scores(masked_teacher, TEXTS, videos)
+    expected_masked, _ = xclip_reference(sd, reference, tokens, videos, released=False)
+    torch.testing.assert_close(masked, expected_masked, atol=5e-5, rtol=0)
+    assert float((released - masked).abs().max()) > 1e-3  # the two behaviours differ measurably
 
 
 def test_official_teacher_survives_save_and_load(xclip_official, tmp_path):
@@ -536,26 +619,36 @@ def test_official_file_for_another_kind_is_refused(xclip_official):
 # ---- TS2-Net -------------------------------------------------------------------------------------------
 
 
-def patch_shift(h: torch.Tensor, steps: int, n_div: int = 7) -> torch.Tensor:
+def patch_shift(h: torch.Tensor, steps: int, n_div: int = 7, mask: torch.Tensor | None = None) -> torch.Tensor:
     """TS2-Net's PatchShiftModule on [videos * steps, tokens, C]: tokens 1, 1 + fold, ... from frame t-1,
-    tokens 4, 4 + fold, ... from frame t+1, fold = tokens // n_div."""
+    tokens 4, 4 + fold, ... from frame t+1, fold = tokens // n_div. ``mask`` [V, T] (teachclip's
+    masking): a token whose source frame is padding keeps its own value; the code shifts regardless."""
     x = h.reshape(-1, steps, *h.shape[1:])
     out = x.clone()
     fold = x.shape[2] // n_div
     left, right = torch.arange(1, x.shape[2], fold), torch.arange(4, x.shape[2], fold)
     out[:, 1:, left] = x[:, :-1, left]
     out[:, :-1, right] = x[:, 1:, right]
+    if mask is not None:
+        out[:, 1:, left] = torch.where(mask[:, :-1, None, None], out[:, 1:, left], x[:, 1:, left])
+        out[:, :-1, right] = torch.where(mask[:, 1:, None, None], out[:, :-1, right], x[:, :-1, right])
     return out.reshape(h.shape)
 
 
-def ts2net_reference(sd: dict, reference: ReferenceClip, tokens: torch.Tensor, videos: dict, topk: int = 3):
+def ts2net_reference(sd: dict, reference: ReferenceClip, tokens: torch.Tensor, videos: dict, topk: int = 3,
+                     released: bool = True):
     """modeling.py: shifted ViT, VisualTokenSelection (hard top-k, the zero-noise limit of the code's
-    perturbed top-k), seqTransf over all selected tokens with per-token positions, frame-weighted score."""
+    perturbed top-k), seqTransf over all selected tokens with per-token positions, frame-weighted score.
+    ``released``: padded frames are all-zero normalised images that the shift reads, and the frame
+    mask is tiled as the code tiles it (``video_mask.unsqueeze(1).repeat(1, 1, k)``: token i gets frame
+    i mod T's mask; the pooling reads it at every frame's CLS); otherwise teachclip's masking."""
     s = {k.removeprefix("visual_token_selector.score_predictor."): v.float() for k, v in sd.items()
          if k.startswith("visual_token_selector.")}
-    v, t = videos["mask"].shape
+    mask = videos["mask"]
+    v, t = mask.shape
     shifted = {int(k.split(".")[4]) for k in sd if ".attn.net." in k}
-    all_tokens = reference.image_tokens(videos["frames"].flatten(0, 1), shifted, lambda h: patch_shift(h, t))
+    shift = (lambda h: patch_shift(h, t)) if released else (lambda h: patch_shift(h, t, mask=mask))
+    all_tokens = reference.image_tokens(released_pixels(videos), shifted, shift)
     local = F.gelu(ln(all_tokens, (s["in_conv.0.weight"], s["in_conv.0.bias"])) @ s["in_conv.1.weight"].T)
     both = torch.cat([local, local[:, :1].expand_as(local)], dim=-1)
     score = torch.tanh(F.gelu(both @ s["out_conv.0.weight"].T) @ s["out_conv.2.weight"].T).squeeze(-1)[:, 1:]
@@ -563,19 +656,29 @@ def ts2net_reference(sd: dict, reference: ReferenceClip, tokens: torch.Tensor, v
     patches = all_tokens[:, 1:]
     selected = torch.cat([all_tokens[:, :1], torch.stack([patches[i, index[i]] for i in range(len(index))])], 1)
     joint = selected.reshape(v, t * (1 + topk), -1)
-    out = temporal_reference(sd, joint, torch.arange(joint.shape[1]))
+    sequence = torch.arange(joint.shape[1])
+    token_mask = mask[:, sequence % t] if released else mask[:, sequence // (1 + topk)]
+    out = temporal_reference(sd, joint, sequence, token_mask)
     frames = normalize(out[:, :: 1 + topk])  # every frame's CLS
+    pooled = token_mask[:, :: 1 + topk]  # the frames the code's pooling reads
     sentence = normalize(reference.text(tokens)[0])
     cosine = torch.einsum("nd,vtd->nvt", sentence, frames)
-    weights = (4 * cosine / cosine.norm(dim=-1, keepdim=True)).softmax(-1)
-    return (weights * cosine).sum(-1), cosine
+    weighted = cosine * pooled[None]
+    weighted = (weighted / weighted.norm(dim=-1, keepdim=True)).masked_fill(~pooled[None], -1e18)
+    weights = (4 * weighted).softmax(-1)
+    return (weights * cosine).sum(-1), cosine * mask[None]
 
 
-def test_ts2net_checkpoint_matches_the_formula(tmp_path):
+def ts2net_file(tmp_path: Path) -> tuple[dict, Path]:
     sd = ts2net_state(Random(21))
     path = tmp_path / "pytorch_model.bin.2"
     torch.save(sd, path)
-    teacher = create_teacher(teacher_config("ts2net", path)).eval()
+    return sd, path
+
+
+def test_ts2net_checkpoint_matches_the_formula(tmp_path):
+    sd, path = ts2net_file(tmp_path)
+    teacher = create_teacher(teacher_config("ts2net", path, scoring={"token_selection": "hard"})).eval()
     options = teacher.options
     assert (options.positions, options.shift, options.shift_layers) == ("token", "token", 1)
     assert (options.shift_div, options.shift_next_offset) == ((PATCHES + 1) // 7, 3)
@@ -588,6 +691,54 @@ def test_ts2net_checkpoint_matches_the_formula(tmp_path):
     dropped = teacher.official_conversion.dropped
     assert "clip.visual.transformer.resblocks.1.attn.net.in_proj_weight" not in dropped
     assert {k for k in sd if k.startswith(("visual_prompt_encoder.", "text_token_selector."))} == set(dropped)
+
+
+def test_ts2net_padded_frames_released_and_masked(tmp_path):
+    """Default (released code): zero frames read by the shift and the tiled mask; padded_frames: mask
+    gives teachclip's masking. Both with the hard top-k, against the reference."""
+    sd, path = ts2net_file(tmp_path)
+    teacher = create_teacher(teacher_config("ts2net", path, scoring={"token_selection": "hard"})).eval()
+    assert teacher.scoring.padded_frames == "released"
+    videos = pad_videos(make_frames(3, 4, seed=14), [4, 3, 2])
+    tokens = teacher.tokenize(TEXTS)
+    released, relevance = scores(teacher, TEXTS, videos)
+    expected, cosine = ts2net_reference(sd, ReferenceClip.from_openai(sd), tokens, videos, released=True)
+    torch.testing.assert_close(released, expected, atol=2e-5, rtol=0)
+    torch.testing.assert_close(relevance, torch.stack([cosine[i, i] for i in range(3)]), atol=2e-5, rtol=0)
+
+    masked_teacher = create_teacher(teacher_config(
+        "ts2net", path, scoring={"token_selection": "hard", "padded_frames": "mask"})).eval()
+    masked, _ = scores(masked_teacher, TEXTS, videos)
+    expected_masked, _ = ts2net_reference(sd, ReferenceClip.from_openai(sd), tokens, videos, released=False)
+    torch.testing.assert_close(masked, expected_masked, atol=2e-5, rtol=0)
+    torch.testing.assert_close(masked[:, 0], released[:, 0], atol=2e-5, rtol=0)  # no padding: no difference
+    assert float((masked[:, 1:] - released[:, 1:]).abs().min()) > 1e-4
+
+
+def test_ts2net_perturbed_selection_is_the_default_and_reproducible(tmp_path):
+    """The released code averages 500 noisy top-k picks at test time: the default here, with noise
+    from (selection_seed, video id), so a video scores the same in any batch; a tiny sigma gives the
+    hard top-k back."""
+    sd, path = ts2net_file(tmp_path)
+    teacher = create_teacher(teacher_config("ts2net", path)).eval()
+    assert (teacher.scoring.token_selection, teacher.scoring.selection_seed) == ("perturbed", 0)
+    videos = make_frames(3, 4)
+    first, _ = scores(teacher, TEXTS, videos)
+    again, _ = scores(teacher, TEXTS, videos)
+    assert torch.equal(first, again)
+    alone = {"frames": videos["frames"][2:], "mask": videos["mask"][2:], "video_ids": videos["video_ids"][2:]}
+    with torch.no_grad():
+        text_features = teacher.encode_texts(teacher.text_batch(TEXTS, ["c0", "c1", "c2"], ["v0", "v1", "v2"]))
+        torch.testing.assert_close(teacher.score(text_features, teacher.encode_videos(alone))[:, 0], first[:, 2],
+                                   atol=1e-6, rtol=0)
+    hard, _ = scores(create_teacher(teacher_config("ts2net", path, scoring={"token_selection": "hard"})).eval(),
+                     TEXTS, videos)
+    assert float((first - hard).abs().max()) > 1e-4
+    other_seed, _ = scores(create_teacher(teacher_config("ts2net", path, scoring={"selection_seed": 1})).eval(),
+                           TEXTS, videos)
+    assert not torch.equal(first, other_seed)
+    sharp, _ = scores(create_teacher(teacher_config("ts2net", path, topk_sigma=1e-9)).eval(), TEXTS, videos)
+    torch.testing.assert_close(sharp, hard, atol=1e-6, rtol=0)
 
 
 # ---- errors and formats --------------------------------------------------------------------------------
@@ -661,3 +812,20 @@ def test_our_own_weight_files_still_load_and_are_not_official(tmp_path, xpool_hf
     torch.testing.assert_close(scores(again, TEXTS, videos)[0], scores(teacher, TEXTS, videos)[0])
     with pytest.raises(OfficialCheckpointError, match="teachclip's own format"):
         create_teacher(teacher_config("xpool", path, checkpoint_format="official"))
+
+
+def test_cache_identity_records_the_resolved_scoring(xclip_official):
+    """The teacher-cache fingerprint covers the scoring: an official checkpoint's automatic settings are
+    recorded as the released code's, and teachclip's masking is another cache entry."""
+    from teachclip.stages.extract_teachers.requests import TeacherRequest, identity_of
+
+    _, path, _, _ = xclip_official
+    released = identity_of(TeacherRequest("xclip", teacher_config("xclip", path), str(path)), "frames", "manifest")
+    assert released.config["scoring"]["mask_padded_words"] is False
+    assert released.config["scoring"]["padded_frames"] == "released"
+    explicit = identity_of(TeacherRequest("xclip", teacher_config(
+        "xclip", path, scoring={"mask_padded_words": False, "padded_frames": "released"}), str(path)), "frames", "manifest")
+    assert explicit.fingerprint == released.fingerprint  # automatic = the same settings written out
+    masked = identity_of(TeacherRequest("xclip", teacher_config(
+        "xclip", path, scoring={"mask_padded_words": True}), str(path)), "frames", "manifest")
+    assert masked.fingerprint != released.fingerprint

@@ -129,6 +129,28 @@ class PretrainBackboneConfig(Section):
     eval_pairs: int = Field(1000, ge=2)  # held-out (frame, caption) pairs of the data's test split
 
 
+class TeacherScoringConfig(Section):
+    """Where X-CLIP's, X-Pool's and TS2-Net's released code scores differently from teachclip's masked
+    scoring (docs/distillation.md#scoring-as-the-released-code). ``None`` = automatic: the released
+    code's behaviour for an official checkpoint (a checkpoint learnt its weights under it), teachclip's
+    for every other teacher. A setting that does not apply to the teacher's kind is an error."""
+
+    # X-CLIP: True = padded word positions take no part in the word softmaxes (teachclip);
+    # False = every token position of backbone.max_words counts, padding included (released code)
+    mask_padded_words: bool | None = None
+    # xclip/xpool/ts2net: "mask" = padded frames take no part in any softmax or mean (teachclip);
+    # "released" = as the released code: X-CLIP and TS2-Net feed an all-zero (normalised) frame through
+    # the image tower and score it, TS2-Net with its tiled frame mask; X-Pool repeats the last frame
+    padded_frames: Literal["mask", "released"] | None = None
+    # TS2-Net at inference: "hard" top-k tokens (teachclip) or "perturbed" = the mean of
+    # options.topk_samples noisy top-k picks (released code, which never switches it off), seeded
+    token_selection: Literal["hard", "perturbed"] | None = None
+    selection_seed: int = 0  # perturbed selection: noise from (seed, video id), so scores are reproducible
+    # caption tokens: "max_words" = cut at backbone.max_words (teachclip); "model" = the CLIP model's
+    # context (77 tokens), as X-Pool's code (xpool, ts2net; X-CLIP's word matrices fix its length)
+    text_context: Literal["max_words", "model"] | None = None
+
+
 class TeacherConfig(Section):
     """One teacher: its kind, backbone and kind-specific options."""
 
@@ -141,6 +163,7 @@ class TeacherConfig(Section):
     # from its key names, or set options.checkpoint_format: official)
     checkpoint: str | None = None
     options: dict[str, Any] = {}  # kind-specific, validated by the teacher (teachclip/models/teachers/<kind>.py)
+    scoring: TeacherScoringConfig = TeacherScoringConfig()  # released code's scoring vs teachclip's
 
 
 class TrainTeacherConfig(Section):
@@ -195,7 +218,8 @@ class TrainStudentConfig(Section):
     # reproduces TeachCLIP's code, which softmaxes its teachers' scaled logits
     teacher_temperature: float = Field(0.01, gt=0)
     fine_temperature: float = Field(1.0, gt=0)  # tau of softmax(relevance / tau)
-    # "frame": mean over captions x valid frames (TeachCLIP's code, the scale weight_fine=2 is for);
+    # "frame": mean over captions x valid frames (TeachCLIP's scale, the one weight_fine=2 is for,
+    # exactly only without padded frames: its code averages over all B x T entries, padding included);
     # "caption": sum over frames, mean over captions
     fine_reduction: Literal["frame", "caption"] = "frame"
     huber_delta: float = Field(1.0, gt=0)

@@ -77,6 +77,7 @@ class Backbone(nn.Module):
         context = self.clip.context_length
         self.max_words = min(config.max_words, context)
         self.tokenizer = open_clip.get_tokenizer(config.name, context_length=self.max_words)
+        self._full_tokenizer = None  # built on first use (tokenize_full_context)
         size = self.clip.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.embed_dim = int(self.clip.text_projection.shape[-1]) if isinstance(
@@ -137,6 +138,14 @@ class Backbone(nn.Module):
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids [N, max_words] (truncated, end-of-text kept)."""
         return self.tokenizer(list(texts))
+
+    def tokenize_full_context(self, texts: list[str]) -> torch.Tensor:
+        """Token ids [N, context] at the model's whole context (CLIP: 77), whatever max_words says."""
+        if self._full_tokenizer is None:
+            import open_clip
+
+            self._full_tokenizer = open_clip.get_tokenizer(self.config.name, context_length=self.clip.context_length)
+        return self._full_tokenizer(list(texts))
 
     def encode_text_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sentence [N, d], word [N, L, d] features (projected) and the word mask [N, L].

@@ -26,7 +26,7 @@ from teachclip.core.errors import InputError
 from teachclip.models import io
 from teachclip.models.backbone import Backbone
 from teachclip.models.student import Student
-from teachclip.models.teachers import TEACHERS, Teacher, official
+from teachclip.models.teachers import TEACHERS, Teacher, official, released
 
 STUDENT, BACKBONE = "student", "backbone"
 
@@ -46,8 +46,10 @@ def create_teacher(config: TeacherConfig | dict[str, Any], load_weights: bool = 
     if config.kind not in TEACHERS:
         raise ModelConfigError(f"unknown teacher kind {config.kind!r} (known: {', '.join(TEACHERS)})")
     config, checkpoint_format, ignore = official.split_checkpoint_options(config)
+    is_official = load_weights and official.is_official(config, checkpoint_format)
+    config = _resolve_scoring(config, is_official)
     try:
-        if load_weights and official.is_official(config, checkpoint_format):
+        if is_official:
             return official.build_official_teacher(config, TEACHERS[config.kind], ignore)
         teacher = TEACHERS[config.kind](config, load_weights=load_weights)
     except ValidationError as exc:  # kind-specific options
@@ -57,6 +59,24 @@ def create_teacher(config: TeacherConfig | dict[str, Any], load_weights: bool = 
             raise ModelConfigError(f"the {config.kind} teacher is not trainable and takes no checkpoint")
         teacher.load_checkpoint(config.checkpoint)
     return teacher
+
+
+def resolve_teacher_scoring(config: TeacherConfig) -> TeacherConfig:
+    """``config`` with its automatic ``scoring`` settings decided as :func:`create_teacher` decides them:
+    the released code's behaviour when ``checkpoint`` is an official checkpoint, teachclip's otherwise
+    (what the teacher-cache fingerprint records)."""
+    if config.kind not in TEACHERS:
+        raise ModelConfigError(f"unknown teacher kind {config.kind!r} (known: {', '.join(TEACHERS)})")
+    plain, checkpoint_format, _ = official.split_checkpoint_options(config)
+    return _resolve_scoring(config, official.is_official(plain, checkpoint_format))
+
+
+def _resolve_scoring(config: TeacherConfig, is_official: bool) -> TeacherConfig:
+    try:
+        scoring = released.resolve_scoring(config.kind, config.scoring, is_official)
+    except released.ScoringConfigError as exc:
+        raise ModelConfigError(str(exc)) from exc
+    return config.model_copy(update={"scoring": scoring})
 
 
 def save_teacher(teacher: Teacher, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:

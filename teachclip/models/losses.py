@@ -17,9 +17,10 @@ Normalisation choices (documented because they change what a loss weight means)
 - KL and fine CE/KL sum over the distribution (videos, texts or frames) and average over its rows
   ("batchmean"): the value is a proper per-row divergence and does not shrink with the batch size or
   the number of frames. TeachCLIP's code takes ``.mean()`` over every matrix element instead, i.e.
-  divides by N (coarse ce) or T (fine ce) more; ``reduction="frame"`` of the fine losses reproduces the
-  code's scale (divided by the number of valid frames), so ``weight_fine = 2`` of the code corresponds
-  to ~``2 / T`` with the default ``reduction="caption"``.
+  divides by N (coarse ce) or T (fine ce) more; ``reduction="frame"`` of the fine losses divides by the
+  number of valid frames, which is the code's scale exactly only when no frame is padded (the code
+  averages over all B x T entries, padded frames included, with softmaxes that do not mask them), so
+  ``weight_fine = 2`` of the code corresponds to ~``2 / T`` with the default ``reduction="caption"``.
 - Pearson is the paper's and code's: mean over rows of ``1 - r`` plus mean over columns, per teacher,
   averaged over teachers.
 - Huber (TeachText): teachers' logits averaged first, then the elementwise Huber loss against the
@@ -105,7 +106,8 @@ def fine_targets(teacher_relevance: torch.Tensor, mask: torch.Tensor, tau: float
 def fine_ce(frame_weights: torch.Tensor, teacher_relevance: torch.Tensor, mask: torch.Tensor,
             tau: float = 1.0, reduction: str = "caption") -> torch.Tensor:
     """``-sum_f y_if log a_if`` per caption, averaged over captions (``reduction="caption"``), or
-    summed over captions and divided by the number of valid frames (``"frame"``, TeachCLIP's scale).
+    summed over captions and divided by the number of valid frames (``"frame"``, TeachCLIP's scale when
+    no frame is padded).
     ``a`` are the student's AFA weights (probabilities, 0 on padding), ``y`` the teacher targets."""
     mask, weights, targets = _fine_inputs(frame_weights, teacher_relevance, mask, tau)
     per_frame = -targets * _safe_log(weights)

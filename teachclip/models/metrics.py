@@ -15,10 +15,17 @@ descending sort of the query's scores; ``R@K`` = % of queries with rank < K, ``M
 **Tie rule: pessimistic.** ``rank = #{j != gt : score_j >= score_gt}``: every other item with an
 equal score counts as ranked *above* the ground truth. A model that outputs a constant matrix
 (collapsed embeddings, a broken checkpoint) therefore gets the worst possible ranks instead of a
-perfect R@1. CLIP4Clip's ``compute_metrics`` is effectively optimistic (first equal position) and
-its tensor path breaks ties by sort order; with float scores from a trained model exact ties are
-rare, so published numbers are comparable. NaN scores are treated as -inf (as CLIP4Clip does), so
-a NaN ground truth ties with other NaNs and loses.
+perfect R@1. CLIP4Clip differs on ties: its ``compute_metrics`` (single caption per video, both
+directions, and its multi-caption video-to-text) keeps *one entry per tied position* (``np.where``
+over the sorted row), so a ground truth tied with m - 1 others adds m entries, at positions r ..
+r + m - 1, and R@K / MdR / MnR are taken over all entries; its multi-caption text-to-video path
+(``tensor_text_to_video_metrics``) breaks ties by sort order. Without exact ties (float scores from
+a trained model) both give the same ranks (tests/test_metrics.py pins the tie case and the agreement).
+
+**Median.** ``MdR`` is numpy's median (the mean of the two middle ranks for an even count), as
+CLIP4Clip's ``compute_metrics``; its multi-caption text-to-video path takes ``torch.median``, the
+lower middle value, so there its MdR can be 0.5 lower. NaN scores are treated as -inf (as CLIP4Clip
+does), so a NaN ground truth ties with other NaNs and loses.
 """
 
 from __future__ import annotations

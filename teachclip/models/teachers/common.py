@@ -2,7 +2,10 @@
 
 Masked reductions and the temporal transformer are shared with the student (:mod:`teachclip.models.layers`).
 A padded frame's own outputs (frame features, relevance) are set to 0, so that nothing non-finite
-ever reaches a cache; a video with no valid frame at all scores 0 rather than NaN.
+ever reaches a cache; a video with no valid frame at all scores 0 rather than NaN. With
+``scoring.padded_frames: released`` (official checkpoints) the padded frames are scored as the
+released code scores them (:mod:`.released`): video features then carry ``frame_mask``, the frames
+the score reads, beside ``mask``, the frames that exist (relevance stays 0 on padding).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from teachclip.models.backbone import Backbone
 from teachclip.models.io import CheckpointError, load_state_dict_safely, read_config, weights_path
 from teachclip.models.layers import normalize
 from teachclip.models.teachers.base import Features, Teacher, TextBatch, VideoBatch
+from teachclip.models.teachers.released import departures, resolve_scoring
 
 
 class Options(BaseModel):
@@ -78,7 +82,14 @@ class ClipTeacher(Teacher):
         super().__init__()
         if config.kind != self.kind:
             raise ValueError(f"{type(self).__name__} needs a {self.kind!r} config, got kind {config.kind!r}")
+        # scoring settings left automatic are teachclip's here; create_teacher resolves them for
+        # official checkpoints first (the released code's behaviour)
+        config = config.model_copy(update={"scoring": resolve_scoring(config.kind, config.scoring, official=False)})
         self.config = config
+        self.scoring = config.scoring
+        if departures(self.scoring):  # recorded with the scores (teacher-cache attributes, saved teachers)
+            self.similarity_definition = (f"{self.similarity_definition}; scored as the released code: "
+                                          f"{', '.join(departures(self.scoring))}")
         self.options = self.options_class.model_validate(config.options)
         backbone_config = config.backbone if load_weights else config.backbone.model_copy(update={"pretrained": None})
         self.backbone = Backbone(backbone_config)
@@ -93,6 +104,8 @@ class ClipTeacher(Teacher):
         return self.backbone.clip.logit_scale.exp().clamp(max=100)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
+        if self.scoring.text_context == "model":  # the model's whole context (X-Pool's code: 77 tokens)
+            return self.backbone.tokenize_full_context(texts)
         return self.backbone.tokenize(texts)
 
     def encode_sentences(self, batch: TextBatch) -> torch.Tensor:
@@ -113,6 +126,16 @@ class ClipTeacher(Teacher):
             embeddings = self.backbone.encode_images(frames[mask.to(frames.device)])
             out = out.to(embeddings.dtype)
             out[mask] = embeddings
+        return out, mask
+
+    def encode_zero_padded_frames(self, batch: VideoBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode_valid_frames`, but a padded frame is the embedding of an all-zero image after
+        normalisation, as the released X-CLIP / TS2-Net dataloaders feed (``np.zeros`` frames)."""
+        out, mask = self.encode_valid_frames(batch)
+        if not bool(mask.all()):
+            size = self.backbone.image_size
+            zero = self.backbone.clip.encode_image(torch.zeros(1, 3, size, size, device=self.device))
+            out = torch.where(mask[..., None], out, zero.to(out.dtype))
         return out, mask
 
     def load_checkpoint(self, path: str | Path) -> None:

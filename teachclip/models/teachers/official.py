@@ -65,11 +65,12 @@ error, so is a checkpoint key without a counterpart, a teacher parameter the che
 that differs, and a backbone whose blocks do not use QuickGELU (official checkpoints are OpenAI CLIP:
 use the open_clip ``-quickgelu`` model names, e.g. ``ViT-B-32-quickgelu``).
 
-What still differs from the released code (docs/gpu-recipe.md#official-teacher-checkpoints): padded
-words and frames are masked out of every softmax here (X-CLIP's code softmaxes over all 32 token
-positions; none of the three masks padded frames); TS2-Net's token selection is the hard top-k at
-inference (the code keeps its perturbed top-k, 500 noisy samples, at test time too); the temporal
-transformers' LayerNorms use eps 1e-5 (CLIP4Clip's ``module_cross`` uses 1e-12); the number of
+Scoring: an official checkpoint scores as its released code does by default (``TeacherConfig.scoring``
+left automatic: padded words and frames scored, X-Pool's 77-token captions and repeated last frame,
+TS2-Net's tiled mask and perturbed top-k; :mod:`.released`, docs/distillation.md). What still differs
+from the released code: the temporal transformers' LayerNorms use eps 1e-5 (CLIP4Clip's
+``module_cross`` uses 1e-12); TS2-Net's perturbed top-k draws its noise from a seeded generator per
+video (the code: the global generator, unseeded); the number of
 attention heads is not stored in a state dict: X-Pool's pooling must have been trained with one head
 (its default), and the backbone config must have OpenAI's heads (width / 64), as open_clip's do.
 """

@@ -14,15 +14,22 @@ Video side, on our own forward over ``clip.visual``'s parts:
    the CLS token, then Linear-GELU-Linear-tanh) keeps the CLS token plus the ``topk`` best patch tokens
    of each frame. By default this happens on the ViT output (as TS2-Net's code does); with
    ``select_before_last = n`` the last n ViT blocks run on the selected tokens only. Training uses
-   the perturbed (differentiable) top-k of the paper; eval uses the hard top-k, which is its limit as
-   the noise goes to 0. Token shift runs only before selection (after it, token positions no longer
-   line up across frames).
+   the perturbed (differentiable) top-k of the paper; eval uses the hard top-k (its limit as the
+   noise goes to 0) with ``scoring.token_selection: hard``, or the perturbed top-k, as the released
+   code does, with ``perturbed`` (the default of an official checkpoint), its noise drawn from
+   (``scoring.selection_seed``, video id) so that scores are reproducible. Token shift runs only
+   before selection (after it, token positions no longer line up across frames).
 3. A temporal transformer over all selected tokens of all frames (frame position embeddings, padded
    frames masked, residual), whose CLS outputs are the frame embeddings. ``positions: token`` gives
    every token of the joint sequence its own position embedding instead, as the public code does.
 Score: e_f = cos(sentence, frame f); alpha_f = softmax_f(4 e_f / ||e||) over valid frames (||e|| the
 L2 norm of e over valid frames); s = sum_f alpha_f e_f. Frame relevance = e_f of a caption and its own
 video. Per pair: T dot products + a softmax, about 12x a meanP dot product.
+
+``scoring.padded_frames: released`` (the default of an official checkpoint) reproduces the released
+code's padding (:mod:`.released`): a padded frame is an all-zero image after normalisation that the
+token shift reads like any frame, and the temporal transformer and the pooling use the code's tiled
+frame mask, so some padded frames are scored and some valid tokens are hidden.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from teachclip.models.teachers.common import (
     matched_pairs,
     pairwise_dot,
 )
+from teachclip.models.teachers.released import ts2net_released_masks, video_generator
 
 
 class TS2NetOptions(Options):
@@ -110,9 +118,10 @@ class PerturbedTopK(torch.autograd.Function):
     of the position-sorted top-k one-hots [B, k, P]; gradient by the perturbation estimator."""
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, k: int, samples: int, sigma: float):
+    def forward(ctx, scores: torch.Tensor, k: int, samples: int, sigma: float, noise: torch.Tensor | None = None):
         batch, positions = scores.shape
-        noise = torch.randn(batch, samples, positions, dtype=scores.dtype, device=scores.device)
+        if noise is None:  # standard normal [B, samples, P]
+            noise = torch.randn(batch, samples, positions, dtype=scores.dtype, device=scores.device)
         index = (scores[:, None] + sigma * noise).topk(k, dim=-1).indices.sort(dim=-1).values  # [B, S, k]
         indicators = scores.new_zeros(batch, k, positions)
         indicators.scatter_add_(2, index.transpose(1, 2), scores.new_full(index.transpose(1, 2).shape, 1.0 / samples))
@@ -128,7 +137,7 @@ class PerturbedTopK(torch.autograd.Function):
         picked = grad_indicators[:, None].expand(batch, samples, k, -1).gather(3, index[..., None]).squeeze(-1)
         per_sample = picked.sum(-1)  # [B, S]: <grad, one-hot of sample s>
         grad_scores = torch.einsum("bs,bsp->bp", per_sample, noise) / (samples * ctx.sigma)
-        return grad_scores, None, None, None
+        return grad_scores, None, None, None, None
 
 
 class TokenSelector(nn.Module):
@@ -142,6 +151,7 @@ class TokenSelector(nn.Module):
             nn.Linear(2 * hidden, hidden, bias=False), nn.GELU(), nn.Linear(hidden, 1, bias=False), nn.Tanh()
         )
         self.topk, self.samples, self.sigma = topk, samples, sigma
+        self.perturbed_eval = False  # eval: the perturbed top-k (released code) instead of the hard one
 
     def scores(self, tokens: torch.Tensor) -> torch.Tensor:
         """Scores [B, P] of the patch tokens of tokens [B, 1 + P, C], each judged next to its CLS."""
@@ -149,13 +159,20 @@ class TokenSelector(nn.Module):
         both = torch.cat([local, local[:, :1].expand_as(local)], dim=-1)
         return self.score_mlp(both).squeeze(-1)[:, 1:]
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """tokens [B, 1 + P, C] -> [B, 1 + k, C]. ``generators``: one per video (B divisible by their
+        number), for the eval noise of the perturbed top-k (None: the global generator)."""
         patches = tokens[:, 1:]
         if self.topk > patches.shape[1]:
             raise ValueError(f"topk={self.topk} exceeds the {patches.shape[1]} patch tokens per frame")
         scores = self.scores(tokens)
-        if self.training:
-            indicators = PerturbedTopK.apply(scores.float(), self.topk, self.samples, self.sigma)
+        if self.training or self.perturbed_eval:
+            noise = None
+            if not self.training and generators:
+                rows = scores.shape[0] // len(generators)
+                noise = torch.cat([torch.randn(rows, self.samples, scores.shape[1], generator=generator)
+                                   for generator in generators]).to(scores.device)
+            indicators = PerturbedTopK.apply(scores.float(), self.topk, self.samples, self.sigma, noise)
             selected = torch.einsum("bkp,bpc->bkc", indicators.to(patches.dtype), patches)
         else:
             index = scores.topk(self.topk, dim=-1).indices.sort(dim=-1).values
@@ -189,6 +206,7 @@ class TS2NetTeacher(ClipTeacher):
         width = int(visual.conv1.out_channels)
         self.selector = TokenSelector(width if options.select_before_last else self.embed_dim, options.topk,
                                       options.topk_samples, options.topk_sigma)
+        self.selector.perturbed_eval = self.scoring.token_selection == "perturbed"
         positions = options.max_frames * (1 + options.topk) if options.positions == "token" else options.max_frames
         self.temporal = TemporalTransformer(self.embed_dim, options.temporal_layers, positions,
                                             text=self.backbone.clip.transformer)
@@ -196,14 +214,20 @@ class TS2NetTeacher(ClipTeacher):
     def encode_texts(self, batch: TextBatch) -> Features:
         return {"sentence": self.encode_sentences(batch)}
 
-    def frame_tokens(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """uint8 frames [V, T, H, W, 3] -> selected, projected tokens [V, T, 1 + k, d]."""
+    def frame_tokens(self, frames: torch.Tensor, mask: torch.Tensor,
+                     generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """uint8 frames [V, T, H, W, 3] -> selected, projected tokens [V, T, 1 + k, d]. With
+        ``scoring.padded_frames: released`` a padded frame is an all-zero image after normalisation,
+        shifted from like any frame; ``generators``: per video, for the perturbed selection's noise."""
         if frames.is_floating_point():
             raise ValueError("ts2net shifts tokens inside the image tower, so it needs the frames store, "
                              "not a frame-features store")
         visual = self.backbone.clip.visual
         videos, steps = mask.shape
         pixels = self.backbone.preprocess(frames.reshape(videos * steps, *frames.shape[2:]))
+        if self.scoring.padded_frames == "released":
+            pixels = pixels.masked_fill(~mask.reshape(-1, 1, 1, 1).to(pixels.device), 0)
+            mask = torch.ones_like(mask)  # the code's shift reads every frame
         x = visual.conv1(pixels).flatten(2).transpose(1, 2)  # [B, P, W]
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
@@ -214,7 +238,7 @@ class TS2NetTeacher(ClipTeacher):
         first_shift = select_at - self.options.shift_layers
         for i, block in enumerate(blocks):
             if i == select_at:
-                x = self.selector(x)
+                x = self.selector(x, generators)
             h = block.ln_1(x)
             if first_shift <= i < select_at:
                 h = temporal_shift(h.view(videos, steps, *h.shape[1:]), mask, self.options.shift,
@@ -228,7 +252,7 @@ class TS2NetTeacher(ClipTeacher):
         if visual.proj is not None:
             x = x @ visual.proj
         if select_at == len(blocks):
-            x = self.selector(x)
+            x = self.selector(x, generators)
         return x.view(videos, steps, *x.shape[1:])
 
     def encode_videos(self, batch: VideoBatch) -> Features:
@@ -237,19 +261,31 @@ class TS2NetTeacher(ClipTeacher):
         videos, steps = mask.shape
         if steps > self.options.max_frames:
             raise ValueError(f"{steps} frames per video exceed options.max_frames={self.options.max_frames}")
-        tokens = self.frame_tokens(frames, mask)  # [V, T, 1 + k, d]
+        generators = None
+        if self.selector.perturbed_eval and not self.selector.training:
+            ids = batch.get("video_ids") or [None] * videos
+            generators = [video_generator(self.scoring.selection_seed, ids[i], i)
+                          for i in range(videos)]
+        tokens = self.frame_tokens(frames, mask, generators)  # [V, T, 1 + k, d]
         per_frame = tokens.shape[2]
         if self.options.positions == "token":
             frame_index = torch.arange(steps * per_frame, device=tokens.device)
         else:
             frame_index = torch.arange(steps, device=tokens.device).repeat_interleave(per_frame)
-        joint = self.temporal(tokens.flatten(1, 2), mask.repeat_interleave(per_frame, dim=1), positions=frame_index)
-        frame_embeddings = joint.view(videos, steps, per_frame, -1)[:, :, 0]  # the CLS of every frame
-        return {"frames": normalize(frame_embeddings).masked_fill(~mask[..., None], 0), "mask": mask}
+        released = self.scoring.padded_frames == "released"
+        if released:
+            token_mask, frame_mask = ts2net_released_masks(mask, per_frame)
+        else:
+            token_mask = mask.repeat_interleave(per_frame, dim=1)
+        joint = self.temporal(tokens.flatten(1, 2), token_mask, positions=frame_index)
+        frames = normalize(joint.view(videos, steps, per_frame, -1)[:, :, 0])  # the CLS of every frame
+        if released:  # frame_mask: the frames the pooling reads; mask: the frames that exist (relevance)
+            return {"frames": frames, "mask": mask, "frame_mask": frame_mask.contiguous()}
+        return {"frames": frames.masked_fill(~mask[..., None], 0), "mask": mask}
 
     @full_precision
     def score(self, text_features: Features, video_features: Features) -> torch.Tensor:
-        mask = video_features["mask"][None]
+        mask = video_features.get("frame_mask", video_features["mask"])[None]
         cosine = pairwise_dot(text_features["sentence"].float(), video_features["frames"].float())
         cosine = cosine.masked_fill(~mask, 0)
         norm = cosine.norm(dim=-1, keepdim=True).clamp(min=1e-6)

@@ -14,6 +14,12 @@ video. Per pair X-CLIP costs about L*T*d (words x frames), roughly 470x a meanP 
 ``frame_features: clip`` and ``full_reweighting: true`` reproduce X-CLIP's released code (its
 fine-grained scores read the raw CLIP frames, and it has three more learned matrices); checkpoints of
 that code load through ``teachers/official.py``, which sets both.
+
+The released code does not mask (``scoring``, :mod:`.released`): ``mask_padded_words: false`` lets
+every token position take part in the word softmaxes, padding included, and ``padded_frames:
+released`` scores an all-zero frame's embedding at every padded frame in the sentence-frame and
+frame-word softmaxes (the temporal transformer and the video mean still mask them, as the code does).
+Both are the defaults of an official checkpoint.
 """
 
 from __future__ import annotations
@@ -104,30 +110,34 @@ class XClipTeacher(ClipTeacher):
 
     def encode_texts(self, batch: TextBatch) -> Features:
         sentence, words, word_mask = self.backbone.encode_text_tokens(batch["tokens"].to(self.device))
-        words = normalize(words).masked_fill(~word_mask[..., None], 0)
+        words = normalize(words)
+        if self.scoring.mask_padded_words:
+            words = words.masked_fill(~word_mask[..., None], 0)
+        else:  # the released code: every position, the padding after end-of-text included
+            word_mask = torch.ones_like(word_mask)
         # the word side of the frame-word matrix, projected once per caption rather than per block
         local_words = words @ self.word_projection.to(words.dtype)
         return {"sentence": normalize(sentence), "words": words, "local_words": local_words, "word_mask": word_mask}
 
     def encode_videos(self, batch: VideoBatch) -> Features:
-        raw, mask = self.encode_valid_frames(batch)
+        released = self.scoring.padded_frames == "released"
+        raw, mask = self.encode_zero_padded_frames(batch) if released else self.encode_valid_frames(batch)
         if raw.shape[1] > self.options.max_frames:
             raise ValueError(f"{raw.shape[1]} frames per video exceed options.max_frames={self.options.max_frames}")
-        frames = raw
-        if self.temporal is not None:
-            frames = self.temporal(frames, mask)
-        frames = normalize(frames).masked_fill(~mask[..., None], 0)
-        video = normalize(masked_mean(frames, mask[..., None], dim=1))
-        if self.options.frame_features == "clip":
-            frames = normalize(raw).masked_fill(~mask[..., None], 0)
-        return {"frames": frames, "video": video, "mask": mask}
+        head = self.temporal(raw, mask) if self.temporal is not None else raw
+        video = normalize(masked_mean(normalize(head).masked_fill(~mask[..., None], 0), mask[..., None], dim=1))
+        frames = normalize(raw if self.options.frame_features == "clip" else head)
+        if released:  # frame_mask: the frames the score reads (every one, padding included)
+            return {"frames": frames, "video": video, "mask": mask, "frame_mask": torch.ones_like(mask)}
+        return {"frames": frames.masked_fill(~mask[..., None], 0), "video": video, "mask": mask}
 
     @full_precision
     def score(self, text_features: Features, video_features: Features) -> torch.Tensor:
         tau = self.options.temperature
         sentence, words = text_features["sentence"].float(), text_features["words"].float()
         word_mask = text_features["word_mask"]
-        frames, video, mask = video_features["frames"].float(), video_features["video"].float(), video_features["mask"]
+        frames, video = video_features["frames"].float(), video_features["video"].float()
+        mask = video_features.get("frame_mask", video_features["mask"])
 
         full = self.options.full_reweighting
         video_sentence = ((sentence @ self.sentence_projection.float()) if full else sentence) @ video.T

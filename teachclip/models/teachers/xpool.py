@@ -9,6 +9,11 @@ X-Pool about 1000x a meanP dot product per pair.
 Frame relevance is the attention *logits* ``q . k_f / sqrt(d)`` of a caption over its own video's
 frames, not the softmaxed weights: the consumer applies ``softmax(relevance / tau)`` over the valid
 frames, so tau = 1 reproduces X-Pool's own attention weights exactly.
+
+The released code (``scoring``, :mod:`.released`; the defaults of an official checkpoint) tokenises
+captions at CLIP's 77 positions (``text_context: model``) and, for a video shorter than its frame
+count, repeats the last frame instead of masking (``padded_frames: released``): a repeated frame
+takes part in the attention like any other, so the last frame weighs more.
 """
 
 from __future__ import annotations
@@ -86,6 +91,15 @@ class XPoolHead(nn.Module):
         return self.pool(self.queries(sentence), *self.keys_values(frames), mask)
 
 
+def repeat_last_frame(frames: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """X-Pool's padding: every padded frame [V, T, d] becomes a copy of the last valid frame before it,
+    and counts as valid (mask [V, T]); a video with no valid frame stays as it is."""
+    steps = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    source = torch.where(mask, steps, torch.full_like(steps, -1)).cummax(dim=1).values  # last valid index <= t
+    filled = frames.gather(1, source.clamp(min=0)[..., None].expand_as(frames))
+    return filled, (source >= 0) | mask
+
+
 class XPoolTeacher(ClipTeacher):
     kind = "xpool"
     options_class = XPoolOptions
@@ -109,12 +123,16 @@ class XPoolTeacher(ClipTeacher):
 
     def encode_videos(self, batch: VideoBatch) -> Features:
         frames, mask = self.encode_valid_frames(batch)
+        if self.scoring.padded_frames == "released":  # frame_mask: the frames the attention reads
+            frames, frame_mask = repeat_last_frame(frames, mask)
+            keys, values = self.head.keys_values(frames)
+            return {"keys": keys, "values": values, "mask": mask, "frame_mask": frame_mask}
         keys, values = self.head.keys_values(frames)
         return {"keys": keys, "values": values, "mask": mask}
 
     def score(self, text_features: Features, video_features: Features) -> torch.Tensor:
         pooled = self.head.pool(text_features["query"], video_features["keys"], video_features["values"],
-                                video_features["mask"])
+                                video_features.get("frame_mask", video_features["mask"]))
         return torch.bmm(normalize(pooled), text_features["sentence"][:, :, None]).squeeze(-1)
 
     @full_precision

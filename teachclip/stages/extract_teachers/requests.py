@@ -10,6 +10,7 @@ from pathlib import Path
 from teachclip.core.config import TeacherConfig
 from teachclip.core.errors import InputError
 from teachclip.core.fingerprint import sha256_file
+from teachclip.models.factory import ModelConfigError, resolve_teacher_scoring
 from teachclip.models.io import CONFIG_FILE, WEIGHTS_FILE, read_config, weights_path
 from teachclip.models.teachers import TEACHERS, trainable_kinds
 from teachclip.stores.teacher_cache.schema import TeacherIdentity, check_group_name
@@ -103,7 +104,11 @@ def identity_of(request: TeacherRequest, frames_fingerprint: str, manifest_finge
     if request.config.kind not in TEACHERS:
         raise ExtractError(f"teacher {request.name!r}: unknown kind {request.config.kind!r} (known: {', '.join(TEACHERS)})")
     cls = TEACHERS[request.config.kind]
-    config = request.config.model_dump(mode="json") | {"checkpoint": None}
+    try:  # the scoring the teacher will use (official checkpoints: the released code's): part of the identity
+        resolved = resolve_teacher_scoring(request.config)
+    except ModelConfigError as exc:
+        raise ExtractError(f"teacher {request.name!r}: {exc}") from exc
+    config = resolved.model_dump(mode="json") | {"checkpoint": None}
     pretrained = config["backbone"].get("pretrained")
     if pretrained and Path(pretrained).is_file():
         config["backbone"]["pretrained"] = "sha256:" + sha256_file(pretrained)
