@@ -81,7 +81,7 @@ def rehearse(out: str | Path, config: RehearseConfig, compute: ComputeConfig, *,
     env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
            "PYTHONUNBUFFERED": "1"}
     if not (stage_dir / ".dvc").exists():
-        _run("dvc-init", ["dvc", "init", "--no-scm", "--subdir", "-q"], stage_dir, env, out)
+        _run("dvc-init", ["dvc", "init", "--no-scm", "-q"], stage_dir, env, out)
     stages = list((yaml.safe_load(dvc_text) or {}).get("stages", {}))
     for stage in stages:
         steps[stage] = _run(stage, ["dvc", "repro", "--single-item", stage], stage_dir, env, out)
