@@ -10,7 +10,7 @@ What it does, in ``OUT``:
 3. ``project/``: a scratch copy of the pipeline (``pipelines/msrvtt/dvc.yaml``, unchanged but for the
    params file's name) beside a copy of the params file with its EDIT lines filled in and the rehearsal's
    sizes (``train_student.epochs``/``batch_size``, ``extract.memory_budget_mb``, the ``compute``
-   section); ``teachclip/`` links to the code that runs. Then ``dvc repro`` stage by stage (one
+   section); ``teachclip/`` is a copy of the code that runs (on ``PYTHONPATH`` of every step). Then ``dvc repro`` stage by stage (one
    ``dvc repro --single-item`` per stage, in the pipeline's order), ``dvc status`` (must be clean),
    ``teach export``, ``teach search index`` and ``teach search query``.
 4. ``rehearsal.json``: per step the wall time, the peak RSS of its process tree (``os.wait4``), the
@@ -54,6 +54,14 @@ def rehearse(out: str | Path, config: RehearseConfig, compute: ComputeConfig, *,
     (out / "logs").mkdir(parents=True, exist_ok=True)
     steps: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
+    report: dict[str, Any] = {
+        "complete": False, "stages": steps, "path": str(out / "rehearsal.json"), "machine": _machine(),
+        "settings": {"rehearse": config.model_dump(mode="json"), "compute": compute.model_dump(mode="json")},
+    }
+
+    def record(name: str, step: dict[str, Any]) -> None:  # the report so far, after every step
+        steps[name] = step
+        write_json(out / "rehearsal.json", {**report, "seconds": time.perf_counter() - started})
 
     source_params = _source(config.params, "rehearse.params")
     pipeline = _source(config.pipeline / "dvc.yaml", "rehearse.pipeline")
@@ -61,12 +69,12 @@ def rehearse(out: str | Path, config: RehearseConfig, compute: ComputeConfig, *,
 
     clock = time.perf_counter()
     corpus = write_msrvtt_like(out / "corpus", corpus_spec(config), workers=compute.workers, progress=progress)
-    steps["corpus"] = {"seconds": time.perf_counter() - clock, "in_process": True}
+    record("corpus", {"seconds": time.perf_counter() - clock, "in_process": True})
 
     clock = time.perf_counter()
     hub_cache = out / "models" / "hub"
     checkpoints = _write_model_files(params, out / "models", hub_cache, config.seed)
-    steps["model-files"] = {"seconds": time.perf_counter() - clock, "in_process": True}
+    record("model-files", {"seconds": time.perf_counter() - clock, "in_process": True})
 
     project = out / "project"
     stage_dir = project / config.pipeline
@@ -74,17 +82,21 @@ def rehearse(out: str | Path, config: RehearseConfig, compute: ComputeConfig, *,
     stage_dir.mkdir(parents=True, exist_ok=True)
     dvc_text = pipeline.read_text().replace("params/msrvtt-b32.yaml", f"params/{source_params.name}")
     (stage_dir / "dvc.yaml").write_text(dvc_text)
+    # a copy of the code that runs (the stages' deps, and what every child imports): edits made while a
+    # rehearsal runs do not reach it, and a rerun after an edit reruns the stages whose code changed
     code = project / "teachclip"
-    if not code.exists():
-        code.symlink_to(Path(teachclip.__file__).resolve().parent, target_is_directory=True)
-
-    env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
-           "PYTHONUNBUFFERED": "1"}
+    shutil.rmtree(code, ignore_errors=True)
+    shutil.copytree(Path(teachclip.__file__).resolve().parent, code, ignore=shutil.ignore_patterns("__pycache__"))
+    python_path = os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": python_path, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1",
+           "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
     if not (stage_dir / ".dvc").exists():
         _run("dvc-init", ["dvc", "init", "--no-scm", "-q"], stage_dir, env, out)
     stages = list((yaml.safe_load(dvc_text) or {}).get("stages", {}))
     for stage in stages:
-        steps[stage] = _run(stage, ["dvc", "repro", "--single-item", stage], stage_dir, env, out)
+        step = _run(stage, ["dvc", "repro", "--single-item", stage], stage_dir, env, out)
+        step["ran"] = "Running stage" in (out / step["log"]).read_text()  # False: up to date, skipped
+        record(stage, step)
     status = _run("dvc-status", ["dvc", "status"], stage_dir, env, out)
     status_text = (out / status["log"]).read_text()
     if "up to date" not in status_text:
@@ -93,27 +105,24 @@ def rehearse(out: str | Path, config: RehearseConfig, compute: ComputeConfig, *,
     resolved = params.get("paths", {})
     student, frames = stage_dir / resolved["student"], stage_dir / resolved["frames"]
     teach = ["teach", "--params", str(project / "params" / source_params.name)]
-    steps["export"] = _run("export", [*teach, "export", "--model", str(student), "--out", str(out / "export")],
-                           stage_dir, env, out)
-    steps["search-index"] = _run("search-index", [*teach, "search", "index", "--model", str(student), "--frames",
-                                                  str(frames), "--out", str(out / "index.zarr")], stage_dir, env, out)
-    steps["search-query"] = _run("search-query", [*teach, "search", "query", str(out / "index.zarr"), config.query,
-                                                  "--json"], stage_dir, env, out)
+    record("export", _run("export", [*teach, "export", "--model", str(student), "--out", str(out / "export")],
+                           stage_dir, env, out))
+    record("search-index", _run("search-index", [*teach, "search", "index", "--model", str(student), "--frames",
+                                                  str(frames), "--out", str(out / "index.zarr")], stage_dir, env, out))
+    record("search-query", _run("search-query", [*teach, "search", "query", str(out / "index.zarr"), config.query,
+                                                  "--json"], stage_dir, env, out))
 
     stores = {name: _bytes(stage_dir / resolved[name]) for name in ("manifest", "frames", "teachers", "student")
               if name in resolved}
     stores |= {"corpus_videos": _bytes(corpus / "videos"), "index": _bytes(out / "index.zarr"),
                "export": _bytes(out / "export"), "model_files": _bytes(out / "models")}
-    report = {
+    report |= {
+        "complete": True,
         "seconds": time.perf_counter() - started,
-        "stages": steps,
         "bytes": stores,
         "metrics": _metrics(stage_dir / f"{resolved['student']}-test.json"),
-        "settings": {"rehearse": config.model_dump(mode="json"), "compute": compute.model_dump(mode="json"),
-                     "params": str(source_params), "pipeline": str(config.pipeline)},
-        "machine": _machine(),
-        "path": str(out / "rehearsal.json"),
     }
+    report["settings"] |= {"params": str(source_params), "pipeline": str(config.pipeline)}
     write_json(out / "rehearsal.json", report)
     return report
 
