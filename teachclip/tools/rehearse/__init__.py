@@ -8,11 +8,12 @@ What it does, in ``OUT``:
    (:mod:`.model_files`): the student's ``pretrained: openai`` CLIP in a Hugging Face Hub cache folder,
    X-CLIP's ``pytorch_model.bin.4`` and X-Pool's ``model_best.pth`` in their official formats.
 3. ``project/``: a scratch copy of the pipeline (``pipelines/msrvtt/dvc.yaml``, unchanged but for the
-   params file's name) beside a copy of the params file with its EDIT lines filled in and the rehearsal's
-   sizes (``train_student.epochs``/``batch_size``, ``extract.memory_budget_mb``, the ``compute``
-   section); ``teachclip/`` is a copy of the code that runs (on ``PYTHONPATH`` of every step). Then ``dvc repro`` stage by stage (one
-   ``dvc repro --single-item`` per stage, in the pipeline's order), ``dvc status`` (must be clean),
-   ``teach export``, ``teach search index`` and ``teach search query``.
+   params file's name) beside a copy of the params file with its EDIT lines filled in and the
+   rehearsal's sizes (``train_student.epochs``/``batch_size``, ``extract.memory_budget_mb``, the
+   ``compute`` section); ``teachclip/`` is a copy of the code that runs (first on every step's
+   ``PYTHONPATH``). Then ``dvc repro`` stage by stage (one ``dvc repro --single-item`` per stage, in the
+   pipeline's order), ``dvc status`` (must be clean), ``teach export``, ``teach search index`` and
+   ``teach search query``.
 4. ``rehearsal.json``: per step the wall time, the peak RSS of its process tree (``os.wait4``), the
    exit status and the log file (``logs/``); the bytes on disk of every store; the settings.
 
