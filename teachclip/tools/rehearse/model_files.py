@@ -19,6 +19,7 @@ dtypes and containers are the released ones, which is what the loaders and every
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -63,9 +64,14 @@ def write_openai_clip(hub_cache: str | Path, model_name: str = "ViT-B-32-quickge
     repo = Path(hub_cache) / f"models--{repo_id.replace('/', '--')}"
     path = repo / "snapshots" / revision / file_name
     if not path.exists():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = open_clip.create_model(model_name, pretrained=None)
+        root = logging.getLogger()  # open_clip warns on the root logger that the model is random: intended
+        level, root.level = root.level, logging.ERROR
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = open_clip.create_model(model_name, pretrained=None)
+        finally:
+            root.setLevel(level)
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
