@@ -65,7 +65,8 @@ def write_openai_clip(hub_cache: str | Path, model_name: str = "ViT-B-32-quickge
     path = repo / "snapshots" / revision / file_name
     if not path.exists():
         root = logging.getLogger()  # open_clip warns on the root logger that the model is random: intended
-        level, root.level = root.level, logging.ERROR
+        level = root.level
+        root.setLevel(logging.ERROR)
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
