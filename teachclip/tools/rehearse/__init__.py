@@ -14,8 +14,9 @@ What it does, in ``OUT``:
    ``PYTHONPATH``). Then ``dvc repro`` stage by stage (one ``dvc repro --single-item`` per stage, in the
    pipeline's order), ``dvc status`` (must be clean), ``teach export``, ``teach search index`` and
    ``teach search query``.
-4. ``rehearsal.json``: per step the wall time, the peak RSS of its process tree (``os.wait4``), the
-   exit status and the log file (``logs/``); the bytes on disk of every store; the settings.
+4. ``rehearsal.json``: per step the wall time, the peak RSS of its largest process and of its process
+   tree (sampled), whether DVC ran it, and its log file (``logs/``); the bytes on disk of every store;
+   the test metrics; the settings and the machine. It is rewritten after every step.
 
 Every stage runs through the ``teach`` command and DVC exactly as a user's would; only the weights'
 values and the videos' content are made up. A failed step stops the rehearsal with its log's last lines.
@@ -41,6 +42,7 @@ from teachclip.tools.rehearse.corpus import corpus_spec, write_msrvtt_like
 from teachclip.tools.rehearse.model_files import write_official_teacher, write_openai_clip
 
 OFFICIAL_FILES = {"xclip": "pytorch_model.bin.4", "xpool": "model_best.pth"}
+SAMPLE_SECONDS = 0.25
 
 
 class RehearsalError(InputError):
@@ -168,9 +170,15 @@ def _write_params(path: Path, params: dict, config: RehearseConfig, compute: Com
 
 
 def _run(name: str, command: list[str], cwd: Path, env: dict, out: Path) -> dict[str, Any]:
-    """Run one step as a child process; its wall time and the peak RSS of its process tree."""
+    """Run one step as a child process: its wall time and memory, sampled every ``SAMPLE_SECONDS`` over
+    its process tree (DVC, ``teach``, dask workers): the largest single process's peak RSS (VmHWM, which
+    starts afresh at exec; ``getrusage`` would report the forking parent's size as a floor) and the
+    largest sum of RSS over the processes alive at one sample."""
+    import psutil
+
     log = out / "logs" / f"{name}.log"
     start = time.perf_counter()
+    peak_process = peak_tree = 0
     with open(log, "w") as handle:
         handle.write(f"$ (cd {cwd} && {' '.join(command)})\n")
         handle.flush()
@@ -178,13 +186,38 @@ def _run(name: str, command: list[str], cwd: Path, env: dict, out: Path) -> dict
             child = subprocess.Popen(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
         except FileNotFoundError as exc:
             raise RehearsalError(f"{name}: {command[0]} not found on PATH ({exc})") from exc
-        _, status, usage = os.wait4(child.pid, 0)  # rusage of the child and every descendant it waited for
-        child.returncode = os.waitstatus_to_exitcode(status)
+        root = psutil.Process(child.pid)
+        while child.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                tree = []
+            sizes = [_memory(process) for process in tree]
+            peak_process = max([peak_process, *(high for high, _ in sizes)])
+            peak_tree = max(peak_tree, sum(rss for _, rss in sizes))
+            time.sleep(SAMPLE_SECONDS)
     seconds = time.perf_counter() - start
     if child.returncode != 0:
         tail = log.read_text().strip().splitlines()[-5:]
         raise RehearsalError(f"{log}: step {name} failed (exit {child.returncode}): " + " | ".join(tail))
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "log": str(log.relative_to(out))}
+    return {"seconds": seconds, "peak_rss_mb": peak_process / 2**20, "peak_tree_rss_mb": peak_tree / 2**20,
+            "log": str(log.relative_to(out))}
+
+
+def _memory(process: Any) -> tuple[int, int]:
+    """(peak RSS so far, RSS now) in bytes; (0, 0) for a process that has gone."""
+    import psutil
+
+    try:
+        rss = process.memory_info().rss
+    except psutil.Error:
+        return 0, 0
+    try:
+        with open(f"/proc/{process.pid}/status") as status:  # Linux: VmHWM, the peak since exec
+            high = next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")), rss)
+    except (OSError, ValueError):  # elsewhere: the sampled RSS
+        high = rss
+    return max(high, rss), rss
 
 
 def _bytes(path: Path) -> int:
