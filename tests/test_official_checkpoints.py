@@ -829,3 +829,47 @@ def test_cache_identity_records_the_resolved_scoring(xclip_official):
     masked = identity_of(TeacherRequest("xclip", teacher_config(
         "xclip", path, scoring={"mask_padded_words": True}), str(path)), "frames", "manifest")
     assert masked.fingerprint != released.fingerprint
+
+
+# ---- writing official files (the inverse mapping, used by `teach rehearse`) -------------------------
+
+
+@pytest.mark.parametrize("kind,clip_names", [("xclip", "openai"), ("xpool", "huggingface"), ("xpool", "openai")])
+def test_written_official_files_load_back_as_the_teacher_they_came_from(tmp_path, kind, clip_names):
+    from teachclip.tools.rehearse.model_files import XCLIP_OPTIONS, write_official_teacher
+
+    path = write_official_teacher(kind, tmp_path / kind / "ckpt.pth", MODEL, clip_names=clip_names, seed=3)
+    raw = torch.load(path, weights_only=True)
+    state = raw["state_dict"] if kind == "xpool" else raw
+    if kind == "xpool":
+        assert set(raw) == {"epoch", "state_dict", "optimizer"}
+        assert any(k.startswith("clip.vision_model.") for k in state) == (clip_names == "huggingface")
+    else:  # X-CLIP's convert_weights leaves the CLIP conv/linear weights in fp16; 77 frame positions
+        assert state["clip.visual.conv1.weight"].dtype == torch.float16
+        assert state["clip.ln_final.weight"].dtype == torch.float32
+        assert state["frame_position_embeddings.weight"].shape[0] == CONTEXT
+    assert detect_kind(state) == kind
+
+    options = dict(XCLIP_OPTIONS) if kind == "xclip" else {}
+    loaded = create_teacher(teacher_config(kind, path, **options))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        source = create_teacher(TeacherConfig(kind=kind, backbone={"name": MODEL, "pretrained": None, "max_words": 32},
+                                              options=options), load_weights=False)
+    expected, got = source.state_dict(), loaded.state_dict()
+    assert set(expected) == set(got)
+    for key, value in expected.items():
+        want = value.half().float() if kind == "xclip" and got[key].dtype == torch.float32 and value.dtype == torch.float32 \
+            and state.get("clip." + key.removeprefix("backbone.clip."), value).dtype == torch.float16 else value
+        torch.testing.assert_close(got[key], want, rtol=0, atol=0, msg=key)
+
+
+def test_official_state_dict_refuses_what_it_cannot_write():
+    from teachclip.models.teachers.official import official_state_dict
+
+    with pytest.raises(OfficialCheckpointError, match="ts2net"):
+        official_state_dict("ts2net", {})
+    with pytest.raises(OfficialCheckpointError, match="huggingface"):
+        official_state_dict("xclip", {}, clip_names="huggingface")
+    with pytest.raises(OfficialCheckpointError, match="no official X-Pool name for: stray"):
+        official_state_dict("xpool", {"stray": torch.zeros(1)})

@@ -3,7 +3,7 @@
 Every command reads ``params.yaml`` (``--params`` to choose another file); ``--set section.field=value``
 overrides any value and a few daily flags (``--epochs``, ``--device`` ...) name the field they set
 (:mod:`.common`). Commands live by group: :mod:`.data`, :mod:`.teachers`, :mod:`.students`,
-:mod:`.cache`, :mod:`.search`. Heavy imports happen inside the commands so that ``teach --help``
+:mod:`.cache`, :mod:`.search`, :mod:`.rehearse`. Heavy imports happen inside the commands so that ``teach --help``
 stays instant. Errors a user can act on (:class:`teachclip.core.errors.TeachclipError`) end a command
 with one line on stderr and exit status 1.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from teachclip.cli import cache, data, search, students, teachers
+from teachclip.cli import cache, data, rehearse, search, students, teachers
 from teachclip.cli.common import state
 
 app = typer.Typer(
@@ -39,6 +39,7 @@ teachers.register(app)
 students.register(app)
 search.register(app)
 cache.register(app)
+rehearse.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -282,6 +282,25 @@ class SearchConfig(Section):
     ann_probe: int = Field(32, ge=1)  # lists a query scans (faiss nprobe; query time): recall vs latency
 
 
+class RehearseConfig(Section):
+    """``teach rehearse``: an MSR-VTT pipeline end to end at real model size on a generated MSR-VTT-shaped
+    corpus with locally written weight files (docs/guide.md#rehearse-msr-vtt-before-you-have-it)."""
+
+    params: Path = Path("params/msrvtt-b32.yaml")  # the params file rehearsed, as a user would run it
+    pipeline: Path = Path("pipelines/msrvtt")  # its DVC project (dvc.yaml), run in a scratch copy
+    train_videos: int = Field(48, ge=2)  # the 9k train CSV's videos
+    test_videos: int = Field(16, ge=2)  # the JSFusion 1k-A CSV's videos
+    captions_per_video: int = Field(20, ge=1)  # MSR-VTT has 20
+    min_seconds: float = Field(10.0, gt=0)  # MSR-VTT clips last 10-30 s
+    max_seconds: float = Field(30.0, gt=0)
+    x264_preset: str = "medium"  # x264's default; faster presets change the bitstream, not the layout
+    seed: int = 0  # corpus and weights
+    epochs: int = Field(1, ge=1)  # train_student.epochs of the rehearsal
+    batch_size: int = Field(8, ge=2)  # train_student.batch_size of the rehearsal
+    extract_memory_mb: int = Field(2048, ge=64)  # extract.memory_budget_mb of the rehearsal
+    query: str = "a man is talking about a car"  # one `teach search query` at the end
+
+
 class StudentVariant(Section):
     """A named student recipe (``students.<name>`` in params.yaml): field overrides of the
     ``student`` and ``train_student`` sections. The demo compares variants such as the meanP
@@ -308,6 +327,7 @@ class Params(Section):
     audit: AuditConfig = AuditConfig()
     sparsify: SparsifyConfig = SparsifyConfig()
     search: SearchConfig = SearchConfig()
+    rehearse: RehearseConfig = RehearseConfig()
     students: dict[str, StudentVariant] = {}
     # Free-form paths for a dvc.yaml (pipelines/msrvtt/dvc.yaml reads ``${paths.frames}`` ...); not
     # read by the library itself.

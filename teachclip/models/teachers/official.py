@@ -431,6 +431,95 @@ def _convert_xpool(state: dict[str, torch.Tensor], put, unmapped: list[str]) -> 
     return {}
 
 
+# ---- writing (the inverse mapping) ------------------------------------------------------------------
+
+# what OpenAI's ``clip.model.convert_weights`` (called by X-CLIP on its CLIP) stores in fp16: conv and
+# linear weights and biases, attention in-projections, the two projection matrices
+_CONVERTED_TO_HALF = re.compile(
+    r"clip\.(?:visual\.conv1\.weight|visual\.proj|text_projection"
+    r"|(?:visual\.)?transformer\.resblocks\.\d+\.(?:attn\.(?:in_proj_weight|in_proj_bias|out_proj\.(?:weight|bias))"
+    r"|mlp\.c_(?:fc|proj)\.(?:weight|bias)))")
+
+
+def official_state_dict(kind: str, state_dict: dict[str, torch.Tensor], *, clip_names: str = "openai",
+                        context_length: int = 77, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """A teacher's state dict (ours) in the official key names and layout of ``kind`` (xclip, xpool): the
+    inverse of :func:`convert_official_checkpoint`, for writing real-size official files without a download
+    (``teach rehearse``). ``clip_names``: "openai" or "huggingface" (X-Pool's ``--huggingface``). X-CLIP's
+    position table gets its full ``context_length`` rows (random beyond the teacher's frames) and its
+    CLIP conv/linear weights are stored in fp16, as its code's ``convert_weights`` leaves them."""
+    if kind not in ("xclip", "xpool"):
+        raise OfficialCheckpointError(f"writing official {kind!r} checkpoints is not supported (xclip, xpool)")
+    if clip_names not in ("openai", "huggingface") or (clip_names == "huggingface" and kind != "xpool"):
+        raise OfficialCheckpointError(f"{NAMES[kind]} checkpoints are not written with {clip_names!r} CLIP names")
+    out: dict[str, torch.Tensor] = {}
+    clip = {k.removeprefix("backbone.clip."): v for k, v in state_dict.items() if k.startswith("backbone.clip.")}
+    head = {k: v for k, v in state_dict.items() if not k.startswith("backbone.clip.")}
+    unknown = [name for name in clip if not _OPENAI_NAMES.fullmatch(name)]
+    if clip_names == "openai":
+        out |= {f"clip.{name}": value for name, value in clip.items() if name not in unknown}
+    else:
+        out |= _huggingface_clip(clip, unknown)
+    if kind == "xclip":
+        inverse = {ours: theirs for theirs, ours in _XCLIP_MATRICES.items()}
+        for name, value in head.items():
+            block = re.fullmatch(r"temporal\.transformer\.resblocks\.(\d+)\.(.+)", name)
+            if name == "temporal.frame_position_embeddings.weight":
+                extra = torch.randn(context_length - value.shape[0], value.shape[1], generator=generator)
+                out["frame_position_embeddings.weight"] = torch.cat([value, extra.to(value.dtype) * value.std()])
+            elif block:
+                out[f"transformerClip.resblocks.{block.group(1)}.{block.group(2)}"] = value
+            elif name in inverse:
+                out[inverse[name]] = value
+            else:
+                unknown.append(name)
+        out = {k: v.half() if _CONVERTED_TO_HALF.fullmatch(k) else v for k, v in out.items()}
+    else:
+        inverse_head = {ours: theirs for theirs, ours in _XPOOL_HEAD.items()}
+        for name, value in head.items():
+            match = re.fullmatch(r"head\.(\w+)\.(weight|bias)", name)
+            part = match and match.group(1)
+            if part in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                out[f"pool_frames.cross_attn.{part}.{match.group(2)}"] = value
+            elif part in inverse_head:
+                out[f"pool_frames.{inverse_head[part]}.{match.group(2)}"] = value
+            else:
+                unknown.append(name)
+    if unknown:
+        raise OfficialCheckpointError(f"no official {NAMES[kind]} name for: {_abbreviate(unknown)}")
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def _huggingface_clip(clip: dict[str, torch.Tensor], unknown: list[str]) -> dict[str, torch.Tensor]:
+    """OpenAI/open_clip tower names -> HF CLIPModel names (q/k/v split out of the packed projection)."""
+    plain = {ours: theirs for theirs, ours in _HF_PLAIN.items()}
+    transposed = {ours: theirs for theirs, ours in _HF_TRANSPOSED.items()}
+    layer = {ours: theirs for theirs, ours in _HF_LAYER.items()}
+    towers = {ours: theirs for theirs, ours in _HF_TOWER.items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, value in clip.items():
+        if name in unknown:
+            continue
+        block = re.fullmatch(r"((?:visual\.)?transformer\.resblocks)\.(\d+)\.(.+)", name)
+        if name in plain:
+            out[f"clip.{plain[name]}"] = value
+        elif name in transposed:
+            out[f"clip.{transposed[name]}"] = value.t()
+        elif block and block.group(3) in ("attn.in_proj_weight", "attn.in_proj_bias"):
+            prefix = f"clip.{towers[block.group(1)]}.encoder.layers.{block.group(2)}.self_attn"
+            part = block.group(3).rsplit("_", 1)[1]
+            for letter, chunk in zip("qkv", value.chunk(3), strict=True):
+                out[f"{prefix}.{letter}_proj.{part}"] = chunk
+        elif block and block.group(3) in layer:
+            out[f"clip.{towers[block.group(1)]}.encoder.layers.{block.group(2)}.{layer[block.group(3)]}"] = value
+        else:
+            unknown.append(name)
+    for buffer, table in zip(_HF_BUFFERS, ("visual.positional_embedding", "positional_embedding"), strict=True):
+        if table in clip:
+            out[f"clip.{buffer}"] = torch.arange(clip[table].shape[0])[None]
+    return out
+
+
 # ---- options and loading ---------------------------------------------------------------------------
 
 
