@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 import teachclip.stages.train_student as stage
-from teachclip.core.config import BackboneConfig, ComputeConfig, EvaluateConfig, StudentConfig, TrainStudentConfig
+from teachclip.core.config import (
+    BackboneConfig,
+    ComputeConfig,
+    EvaluateConfig,
+    StudentConfig,
+    TrainStudentConfig,
+)
 from teachclip.models.student import Student
 from teachclip.stores.frames import FramesStore
 from teachclip.testing import synthetic_collection
