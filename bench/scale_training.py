@@ -126,8 +126,10 @@ def run_size(args: argparse.Namespace, n: int) -> dict:
         command = [sys.executable, __file__, "--child", str(root), "--steps", str(args.steps), "--batch-size",
                    str(args.batch_size), "--backbone", args.backbone] + (["--freeze-text"] if args.freeze_text else [])
         child = subprocess.run(command, check=True, capture_output=True, text=True)
-        result = json.loads(child.stdout)
-        return {"videos": n, "captions": n, "disk_bytes": disk, "build_seconds": round(built, 1), **result}
+        row = {"videos": n, "captions": n, "disk_bytes": disk, "build_seconds": round(built, 1),
+               **json.loads(child.stdout)}
+        print(json.dumps(row), file=sys.stderr, flush=True)  # each size as it is measured
+        return row
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

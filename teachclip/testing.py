@@ -170,7 +170,7 @@ def synthetic_collection(root: str | Path, videos: int, student: StudentConfig, 
                                relevance_definition="random numbers", frames_fingerprint=frames_fp,
                                manifest_fingerprint=manifest_fp)
     chunk = 1024
-    layout = plan_layout(videos, videos, frames, chunk, chunk, None, 1024)
+    layout = plan_layout(videos, videos, frames, chunk, chunk, 16_384, 1024)  # the dense layout it stands for
     attrs = group_attributes(identity, layout, complete=True, versions={}) | {
         "fingerprint": sparse_fingerprint(identity.fingerprint, top_k),
         "sparse": {"top_k": top_k, "dense_fingerprint": identity.fingerprint, "fill": FILL_RULE}}
