@@ -22,8 +22,8 @@ and with those gone it would merely scale the learning rate down five-fold.
 
 Learning rates per group (``Student.param_groups``): backbone / new modules (temporal head, logit
 scale) / AFA; AdamW, warmup + cosine, gradient clipping, AMP on CUDA. With both towers frozen
-(``backbone.freeze_text`` and ``backbone.freeze_visual``) every training caption's text vector and
-every training caption's text vector is computed once and kept in memory (4 d bytes per caption), and
+(``backbone.freeze_text`` and ``backbone.freeze_visual``) every training caption's text vector is
+computed once and kept in memory (4 d bytes per caption), and
 the steps only run the head (fast on CPU); every training video's per-frame features are computed once
 and kept in memory too when the input is a frames store, while a frame-features store is read batch by
 batch like in any other run (its features *are* that computation, and a collection of millions of
