@@ -112,7 +112,7 @@ def decode(
     the store when the failure share exceeds ``config.max_failure_fraction``.
     """
     manifest = load_manifest(manifest_dir)
-    out = Path(out)
+    out = Path(out).absolute()  # workers of a remote scheduler run in other directories
     partial = partial_path(out)
     manifest_fp = manifest.fingerprint(config.fingerprint_mode)
     sampling = sampling_config(config)

@@ -22,9 +22,14 @@ and with those gone it would merely scale the learning rate down five-fold.
 
 Learning rates per group (``Student.param_groups``): backbone / new modules (temporal head, logit
 scale) / AFA; AdamW, warmup + cosine, gradient clipping, AMP on CUDA. With both towers frozen
-(``backbone.freeze_text`` and ``backbone.freeze_visual``) every training caption's text vector and
-every training video's per-frame features are computed once, kept in memory, and the steps only run
-the head (fast on CPU).
+(``backbone.freeze_text`` and ``backbone.freeze_visual``) every training caption's text vector is
+computed once and kept in memory (4 d bytes per caption), and
+the steps only run the head (fast on CPU); every training video's per-frame features are computed once
+and kept in memory too when the input is a frames store, while a frame-features store is read batch by
+batch like in any other run (its features *are* that computation, and a collection of millions of
+videos does not fit in RAM). What a run holds per training caption or video is its ids, its captions
+and the sparse teacher arrays; frames, features and dense teacher scores are read per batch
+(``bench/scale_training.py``, docs/benchmarks.md).
 
 Distributed: launch with ``torchrun --nproc_per_node N -m teachclip.cli train-student ...``. The
 global batch (``batch_size``) is split over the ranks; text vectors, video vectors, AFA weights and
@@ -237,8 +242,10 @@ class FrozenInputs:
     """Backbone outputs of the whole training set, computed once (the backbone never changes)."""
 
     text: torch.Tensor  # [captions, d] unit-length, SplitData caption order
-    frame_features: torch.Tensor  # [videos, T, d], SplitData video order
-    mask: torch.Tensor  # [videos, T]
+    # [videos, T, d], SplitData video order, and [videos, T]; None for a frame-features store, which the
+    # steps read batch by batch (the same float32 values: the features pass through the frozen tower)
+    frame_features: torch.Tensor | None
+    mask: torch.Tensor | None
 
 
 @torch.no_grad()
@@ -249,6 +256,8 @@ def precompute_frozen_inputs(student: Student, store, data: SplitData, device: t
         tokens = student.tokenize(data.texts[start : start + batch_texts]).to(device)
         with autocast(device, amp):
             text.append(student.encode_text(tokens).float().cpu())
+    if store.holds_features:
+        return FrozenInputs(torch.cat(text), None, None)
     chunks = [data.store_rows[start : start + batch_videos] for start in range(0, len(data.video_ids), batch_videos)]
     features, masks = [], []
     for frames, mask in frames_batches(store, chunks):
@@ -312,7 +321,6 @@ def train_student(
     step_module: nn.Module = StudentStep(student)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
-    tokens = student.tokenize(data.texts)  # every training caption, tokenized once
 
     names = {id(p): name for name, p in student.named_parameters()}
     groups = {group: [(names[id(p)], p) for p in params] for group, params in student.param_groups().items()}
@@ -350,7 +358,7 @@ def train_student(
             student.train()
             batches = epoch_batches(epoch)
             parts = [rank_slice(len(b.videos), world, rank) for b in batches]
-            if frozen is None:  # each rank reads the frames of its own slice only
+            if frozen is None or frozen.frame_features is None:  # each rank reads its own slice only
                 reader = frames_batches(store, [data.store_rows[b.videos[s]] for b, (s, _) in zip(batches, parts, strict=True)],
                                         config.prefetch)
             else:
@@ -359,12 +367,15 @@ def train_student(
             task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(batches), status="")
             for batch, (local, sizes), (frames_local, mask_local) in zip(batches, parts, reader, strict=True):
                 captions, videos = batch.captions[local], batch.videos[local]
-                if frozen is None:
-                    inputs = {"tokens": tokens[captions].to(device), "frames": frames_local.to(device),
-                              "mask": mask_local.to(device)}
+                if frozen is None:  # tokenized per batch: nothing per caption is held for the whole run
+                    inputs = {"tokens": student.tokenize([data.texts[c] for c in captions]).to(device)}
                 else:
-                    inputs = {"text": frozen.text[captions].to(device), "mask": frozen.mask[videos].to(device),
-                              "frame_features": frozen.frame_features[videos].to(device)}
+                    inputs = {"text": frozen.text[captions].to(device)}
+                if frames_local is not None:
+                    inputs |= {"frames": frames_local.to(device), "mask": mask_local.to(device)}
+                else:
+                    inputs |= {"mask": frozen.mask[videos].to(device),
+                               "frame_features": frozen.frame_features[videos].to(device)}
                 labels = gather_soft_labels(chosen, batch.captions, batch.videos, terms)
                 # the step: forward on this rank's slice, loss of the global batch, one AdamW update
                 with autocast(device, amp):

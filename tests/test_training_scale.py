@@ -1,0 +1,72 @@
+"""train-student at scale: what a run reads and tokenizes per step does not depend on the collection size
+(bench/scale_training.py measures memory and time at 10k-1M videos; docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+import teachclip.stages.train_student as stage
+from teachclip.core.config import (
+    BackboneConfig,
+    ComputeConfig,
+    EvaluateConfig,
+    StudentConfig,
+    TrainStudentConfig,
+)
+from teachclip.models.student import Student
+from teachclip.stores.frames import FramesStore
+from teachclip.testing import synthetic_collection
+
+BATCH, STEPS = 8, 3
+
+
+class Enough(Exception):
+    pass
+
+
+def reads_of_a_run(root, videos: int, freeze_text: bool, monkeypatch) -> dict[str, list[int]]:
+    """Rows per features-store read and texts per tokenize call, before the first step and during
+    the first STEPS steps of a real train-student run on a synthetic collection of ``videos``."""
+    student = StudentConfig(backbone=BackboneConfig(name="teachclip-micro", precision="fp32", freeze_visual=True,
+                                                    freeze_text=freeze_text))
+    data = synthetic_collection(root, videos, student, frames=4, top_k=4, videos_per_shard=16)
+    seen: dict[str, list[int]] = {"rows_before": [], "rows": [], "texts": []}
+    steps = [0]
+    read, tokenize, optimizer_step = FramesStore.read, Student.tokenize, stage.optimizer_step
+
+    def counting_read(self, rows, *args, **kwargs):
+        seen["rows" if steps[0] else "rows_before"].append(len(rows))
+        return read(self, rows, *args, **kwargs)
+
+    def counting_tokenize(self, texts):
+        seen["texts"].append(len(texts))
+        return tokenize(self, texts)
+
+    def counting_step(*args, **kwargs):
+        optimizer_step(*args, **kwargs)
+        steps[0] += 1
+        if steps[0] == STEPS:
+            raise Enough
+
+    config = TrainStudentConfig(batch_size=BATCH, epochs=1, teachers=None, prefetch=False)
+    with monkeypatch.context() as patch, pytest.raises(Enough):  # undone before the next run wraps them again
+        patch.setattr(FramesStore, "read", counting_read)
+        patch.setattr(Student, "tokenize", counting_tokenize)
+        patch.setattr(stage, "optimizer_step", counting_step)
+        stage.train_student(data.features, data.manifest, [data.teachers], root / "run", config, student,
+                            EvaluateConfig(), ComputeConfig(scheduler="sync", device="cpu"), progress=False)
+    return seen
+
+
+@pytest.mark.parametrize("freeze_text", [False, True])
+def test_a_step_reads_its_batch_only_whatever_the_collection_size(tmp_path, monkeypatch, freeze_text):
+    small = reads_of_a_run(tmp_path / "small", 40, freeze_text, monkeypatch)
+    large = reads_of_a_run(tmp_path / "large", 400, freeze_text, monkeypatch)
+    for seen in (small, large):
+        # features are read batch by batch, never the whole store before training (frozen mode included)
+        assert seen["rows_before"] == [BATCH]  # the first batch, read when the epoch starts
+        assert seen["rows"] == [BATCH] * (STEPS - 1)
+    if not freeze_text:  # captions are tokenized per batch, never all at once
+        assert small["texts"] == large["texts"] == [BATCH] * STEPS
+    else:  # the frozen text tower's vectors are computed once per caption before training, none per step
+        assert sum(small["texts"]) == 40 and sum(large["texts"]) == 400
