@@ -11,7 +11,13 @@ import pytest
 import torch
 from helpers import sha256_tree
 
-from teachclip.core.config import BackboneConfig, CandidatesConfig, ComputeConfig, ExtractConfig, TeacherConfig
+from teachclip.core.config import (
+    BackboneConfig,
+    CandidatesConfig,
+    ComputeConfig,
+    ExtractConfig,
+    TeacherConfig,
+)
 from teachclip.stages import extract_teachers as stage
 from teachclip.stages.extract_teachers import candidates as proposing
 from teachclip.stages.extract_teachers.candidates import plan_candidates, random_columns, top_k_columns

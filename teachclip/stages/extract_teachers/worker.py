@@ -37,8 +37,8 @@ from teachclip.models.scorer import batch_size, cat_features, features_to, slice
 from teachclip.stages.extract_teachers.requests import ExtractError, TeacherRequest, load_failure
 from teachclip.stores import open_video_store
 from teachclip.stores.teacher_cache.dense import write_block
-from teachclip.stores.teacher_cache.sparse import write_candidate_block
 from teachclip.stores.teacher_cache.schema import SPLIT, CacheLayout, TeacherIdentity
+from teachclip.stores.teacher_cache.sparse import write_candidate_block
 
 BUILD_SEED = 0  # any weights a checkpoint does not overwrite are drawn alike on every worker
 # a scoring sub-block may use this many bytes per (text, video) pair and feature element: the

@@ -50,11 +50,6 @@ from teachclip.stores.teacher_cache.dense import DenseGroup, GroupReader
 from teachclip.stores.teacher_cache.publish import publish_groups
 from teachclip.stores.teacher_cache.schema import (
     NEIGHBOUR_SCORES,
-    CacheLayout,
-    TeacherIdentity,
-    group_attributes,
-    layout_from_attributes,
-    parse_group_attributes,
     NEIGHBOUR_VIDEOS,
     OWN_SCORE,
     RELEVANCE,
@@ -62,10 +57,15 @@ from teachclip.stores.teacher_cache.schema import (
     TEXT_IDS,
     TEXT_VIDEO,
     VIDEO_IDS,
+    CacheLayout,
     TeacherCacheError,
+    TeacherIdentity,
     check_group_name,
     check_store_or_absent,
+    group_attributes,
+    layout_from_attributes,
     open_root,
+    parse_group_attributes,
 )
 from teachclip.stores.zarr_io import create_array, partial_path, write_strings
 
