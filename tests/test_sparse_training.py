@@ -134,8 +134,8 @@ def test_the_knob_runs_from_random_to_hard_batches():
 
 
 def test_random_fill_when_the_seeds_list_nothing_unused():
-    captions_of_video = [[v] for v in range(10)]
-    neighbours = np.full((10, 3), -1)  # no candidates at all
+    captions_of_video = [[v] for v in range(9)]
+    neighbours = np.full((9, 3), -1)  # no candidates at all
     batches = candidate_batches(captions_of_video, neighbours, 4, 0.75, seed=3, epoch=0)
     assert [len(b.videos) for b in batches] == [4, 4]  # the last single video is dropped
     with pytest.raises(ValueError, match="hard_fraction"):
