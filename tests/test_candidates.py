@@ -265,3 +265,29 @@ def test_a_group_with_an_unknown_fill_rule_is_refused(extracted, tmp_path):
     meta_file.write_text(json.dumps(document))
     with pytest.raises(TeacherCacheError, match="fill rule"):
         open_teacher_caches(damaged)
+
+
+def test_a_student_trains_on_the_candidate_cache_with_the_candidates_sampler(inputs, extracted, tmp_path, monkeypatch):
+    from teachclip.core.config import EvaluateConfig, StudentConfig, TeacherWeight, TrainStudentConfig
+    from teachclip.stages import train_student as module
+
+    masks = []
+    original = module.gather_soft_labels
+
+    def recording(*args, **kwargs):
+        labels = original(*args, **kwargs)
+        masks.extend(labels.known)
+        return labels
+
+    monkeypatch.setattr(module, "gather_soft_labels", recording)
+    config = TrainStudentConfig(teachers=[TeacherWeight(name="xpool")], epochs=1, batch_size=4, sampler="candidates",
+                                hard_fraction=0.5, weight_fine=0.0)
+    row = module.train_student(
+        inputs["frames"], inputs["demo"], [extracted[0]], tmp_path / "student", config,
+        StudentConfig(backbone=BackboneConfig(name="teachclip-micro", precision="fp32", freeze_text=True,
+                                              freeze_visual=True), afa=False),
+        EvaluateConfig(batch_videos=8), ComputeConfig(device="cpu"), progress=False)
+    assert np.isfinite([row["coarse"], row["loss"]]).all()
+    # every batch's coarse term saw the cache's known pairs: the diagonal always, not everything
+    assert masks and all(m is not None and m.diagonal().all() for m in masks)
+    assert not all(m.all() for m in masks)

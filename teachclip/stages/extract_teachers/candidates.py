@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from teachclip.core.config import BackboneConfig, CandidatesConfig, StudentConfig
-from teachclip.core.device import pick_device
+from teachclip.core.device import autocast, pick_device
 from teachclip.core.files import atomic_write
 from teachclip.core.fingerprint import fingerprint, sha256_file, short
 from teachclip.models.factory import load_model
@@ -35,7 +35,6 @@ from teachclip.stages.extract_teachers.requests import ExtractError
 from teachclip.stages.extract_teachers.worker import CacheRows
 from teachclip.stores.teacher_cache.publish import SCRATCH_DIR
 from teachclip.stores.teacher_cache.schema import CacheLayout
-from teachclip.training.scoring import encode_texts, encode_videos
 
 CLIP = "clip"
 
@@ -127,22 +126,49 @@ def propose_candidates(plan: CandidatePlan, store: Any, rows: CacheRows, layout:
     store.check_model(model)  # frame features only serve the tower that made them
     scorer = model.scorer()
     amp = model.config.backbone.precision == "amp"
-    videos = encode_videos(scorer, store, rows.frame_rows, rows.video_ids, batch_videos=batch, device=device,
-                           amp=amp, prefetch=True)["vector"].float()
+    videos = retriever_video_vectors(scorer, store, rows, batch, device, amp)
     task = bar.add_task("candidates", total=layout.n_blocks, completed=layout.n_blocks - len(missing),
                         status="") if bar is not None else None
     for block in missing:
         start, stop = layout.block_rows(block)
-        texts = encode_texts(scorer, rows.texts[start:stop], rows.caption_ids[start:stop],
-                             rows.caption_videos[start:stop], batch_texts=batch, device=device, amp=amp)["vector"]
+        texts = retriever_text_vectors(scorer, rows, start, stop, batch, device, amp)
         own = rows.text_video[start:stop].astype(np.int64)
-        retrieved = top_k_columns(texts.float(), videos, torch.as_tensor(own, device=device), plan.k,
+        retrieved = top_k_columns(texts, videos, torch.as_tensor(own, device=device), plan.k,
                                   plan.config.block_videos)
         columns = np.concatenate([retrieved, random_columns(retrieved, own, layout.n_videos, plan.random,
                                                             np.random.default_rng([plan.config.seed, block]))], axis=1)
         atomic_write(plan.block_file(block), lambda tmp, c=columns: save_columns(tmp, c))
         if task is not None:
             bar.advance(task)
+
+
+@torch.no_grad()
+def retriever_video_vectors(scorer: Any, store: Any, rows: CacheRows, batch: int, device: torch.device,
+                            amp: bool) -> torch.Tensor:
+    """float32 [videos, d]: one unit vector per train video, ``batch`` videos per encode call."""
+    parts = []
+    for start in range(0, len(rows.video_ids), batch):
+        frames, mask = store.read(rows.frame_rows[start : start + batch])
+        videos = {"frames": torch.from_numpy(np.ascontiguousarray(frames)).to(device),
+                  "mask": torch.from_numpy(np.asarray(mask, dtype=bool)).to(device),
+                  "video_ids": rows.video_ids[start : start + batch]}
+        with autocast(device, amp):
+            parts.append(scorer.encode_videos(videos)["vector"].float())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def retriever_text_vectors(scorer: Any, rows: CacheRows, start: int, stop: int, batch: int, device: torch.device,
+                           amp: bool) -> torch.Tensor:
+    """float32 [stop - start, d]: the unit vectors of captions ``start:stop``."""
+    parts = []
+    for first in range(start, stop, batch):
+        last = min(first + batch, stop)
+        texts = scorer.text_batch(rows.texts[first:last], rows.caption_ids[first:last], rows.caption_videos[first:last])
+        texts["tokens"] = texts["tokens"].to(device)
+        with autocast(device, amp):
+            parts.append(scorer.encode_texts(texts)["vector"].float())
+    return torch.cat(parts)
 
 
 @torch.no_grad()
