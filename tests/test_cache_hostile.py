@@ -50,6 +50,7 @@ from teachclip.stores.teacher_cache.schema import (
     SharingError,
     TeacherIdentity,
     check_group_name,
+    parse_group_attributes,
     plan_layout,
 )
 from teachclip.stores.teacher_cache.sparse import sparsify
@@ -786,7 +787,6 @@ class TestResourceBounds:
         ({"block_texts": True}, "block_texts"), ({"n_texts": "10"}, "n_texts"), ({"n_texts": 10.0}, "n_texts"),
         ({"extra": 1}, "extra"),
         ({"n_texts": 10**8, "n_videos": 10**6, "block_texts": 512, "chunk_texts": 512, "chunk_videos": 10**6}, "a chunk"),
-        ({"n_texts": 10**6, "n_videos": 10**6, "block_texts": 2048, "chunk_texts": 32, "chunk_videos": 1000}, "a block"),
     ])
     def test_layouts_out_of_range_are_refused(self, change, field):
         layout = {"n_texts": 10, "n_videos": 7, "frames_per_video": 3, "block_texts": 4, "chunk_texts": 2,
@@ -794,6 +794,18 @@ class TestResourceBounds:
         LayoutAttributes.model_validate(layout)
         with pytest.raises(ValidationError, match=field):
             LayoutAttributes.model_validate(layout | change)
+
+    def test_the_dense_block_bound_applies_to_dense_groups_only(self, tmp_path):
+        """A dense block (every video of block_texts rows) must fit 4 GiB; a sparse group's rows hold K
+        scores, so the same layout is fine for it (candidate groups of millions of videos)."""
+        huge = {"n_texts": 10**6, "n_videos": 10**6, "frames_per_video": 3, "block_texts": 2048,
+                "chunk_texts": 32, "chunk_videos": 1000}
+        assert "a block" in LayoutAttributes.model_validate(huge).dense_block_problem()
+        attrs = json.loads((build(tmp_path / "teachers.zarr") / "zarr.json").read_text())["attributes"]
+        with pytest.raises(TeacherCacheError, match="a block"):
+            parse_group_attributes(attrs | {"layout": huge}, "dense")
+        sparse = {"top_k": 32, "dense_fingerprint": attrs["fingerprint"], "fill": "rest_mean"}
+        parse_group_attributes(attrs | {"layout": huge, "sparse": sparse}, "sparse")
 
     def test_plan_layout_never_plans_what_readers_refuse(self):
         big = plan_layout(10**6, 500_000, 12, block_texts=2048, chunk_texts=32, block_videos=None,

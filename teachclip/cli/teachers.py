@@ -103,7 +103,8 @@ def extract_teachers(
     settings: list[str] = SET_OPTION,
 ) -> None:
     """Score every train caption against every train video once per teacher, into a resumable,
-    fingerprinted teacher cache (docs/teacher-cache.md)."""
+    fingerprinted teacher cache (docs/teacher-cache.md); with extract.candidates set, only each caption's
+    retrieved candidates, its own video and random videos (a sparse candidate group)."""
     from teachclip.stages.extract_teachers import extract_teachers as run
     from teachclip.stages.extract_teachers import resolve_teachers
 
@@ -112,5 +113,5 @@ def extract_teachers(
                              "compute.scheduler": scheduler, "compute.device": device})
     requests = resolve_teachers(params.extract.teachers, params.teachers)
     report = run(videos, manifest, out, requests, params.extract, params.compute, overwrite=overwrite,
-                 progress=progress)
+                 progress=progress, retriever_backbone=params.student.backbone)
     typer.echo(report.summary())

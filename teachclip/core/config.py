@@ -181,6 +181,25 @@ class TrainTeacherConfig(Section):
     eval_every: int = Field(1, ge=1)  # test-split retrieval every N epochs (and always the last)
 
 
+class CandidatesConfig(Section):
+    """``extract.candidates``: candidate-based extraction (docs/teacher-cache.md, "Candidate groups").
+
+    For each caption a cheap retriever proposes its ``k`` best videos (one blocked matrix product,
+    ``block_videos`` videos at a time); the teacher scores only those, the caption's own video and
+    ``random`` videos drawn uniformly from the rest. The result is a sparse group: teacher cost and
+    disk are O(captions x (k + random + 1)) instead of O(captions x videos)."""
+
+    # "clip": the frozen CLIP towers of `student.backbone` (caption vectors against mean-pooled frame
+    # vectors, read from the frames or frame-features store); or a trained student directory
+    retriever: str = "clip"
+    k: int = Field(32, ge=1)
+    # random videos per caption: they estimate the teacher's score of an unscored video (the fill
+    # value) and give the sampler known easy negatives; at least 1
+    random: int = Field(8, ge=1)
+    seed: int = 0  # of the random videos (drawn per block, so a resumed run draws the same ones)
+    block_videos: int = Field(65536, ge=1)  # videos per retriever matrix product (bounds its memory)
+
+
 class ExtractConfig(Section):
     """Teacher extraction into the teacher cache (see docs/teacher-cache.md)."""
 
@@ -194,6 +213,9 @@ class ExtractConfig(Section):
     block_videos: int | None = Field(None, ge=1)  # columns per chunk; None: every train video in one chunk
     encode_batch: int = Field(32, ge=1)  # captions / videos per encode call (videos per feature unit)
     shared_cache: str | None = None  # fsspec URL searched by fingerprint before computing
+    # None: dense groups (every caption x every train video); set: candidate groups (CandidatesConfig),
+    # e.g. `-S extract.candidates.k=32`
+    candidates: CandidatesConfig | None = None
 
 
 class TeacherWeight(Section):
@@ -229,9 +251,17 @@ class TrainStudentConfig(Section):
     weight_margin: float = Field(0.0, ge=0)
     margin: float = Field(0.2, ge=0)  # on the student's cosines
     margin_negatives: int = Field(1, ge=1)  # hardest teacher-mined negatives per caption / video
-    # "neighbourhood": batches grown from the first teacher's stored top-k videos (needs a sparse cache,
-    # `teach cache sparsify`), so that in-batch soft labels are known; "caption_per_video": CLIP4Clip's
-    sampler: Literal["caption_per_video", "neighbourhood"] = "caption_per_video"
+    # "caption_per_video": CLIP4Clip's random batches; "candidates": for sparse caches, random seed
+    # videos plus a `hard_fraction` of each batch taken from the seeds' stored candidates
+    # (docs/training.md, "Training on sparse caches"); "neighbourhood": every member grown from the
+    # first teacher's stored videos (all negatives hard: hard_fraction 1 without the random part)
+    sampler: Literal["caption_per_video", "candidates", "neighbourhood"] = "caption_per_video"
+    # sampler "candidates": the share of each batch that are candidates of the batch's seed captions
+    # (hard negatives whose teacher scores are stored); 0 = random batches, 1 = all hard
+    hard_fraction: float = Field(0.25, ge=0, le=1)
+    # a sparse cache's pairs it holds no score for: "mask" leaves them out of the coarse losses
+    # (InfoNCE still uses every pair); "fill" reads them as the group's fill value (rest_mean)
+    unknown_pairs: Literal["mask", "fill"] = "mask"
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(120, ge=2)  # global batch (all ranks together): videos, one caption each
     lr_backbone: float = Field(1e-7, ge=0)  # the open_clip towers (CLIP4Clip: 1e-7 from pretrained CLIP)

@@ -28,6 +28,14 @@ Normalisation choices (documented because they change what a loss weight means)
   own scale: pass ``logit_scale * cos`` (the InfoNCE logits) against teachers that store logits, or
   plain ``cos`` (``student_logits / logit_scale``) against teachers that store cosines.
 
+Known pairs (sparse teacher caches)
+- Every coarse loss takes ``known``: None (every pair known), one bool [N, N] mask, or one per teacher
+  (True = the teacher's score of that pair is stored). Unknown pairs take no part: each row's (and
+  column's) softmax, correlation or divergence runs over its known entries only, a row with fewer than
+  2 known entries contributes nothing (one entry has no distribution to match), and Huber averages
+  over known entries. With every pair known the value is exactly the unmasked one. InfoNCE never
+  takes a mask: the student's own contrastive task uses every pair of the batch.
+
 Everything is computed in float32 (safe under autocast); masked frames contribute exactly nothing.
 """
 
@@ -42,6 +50,7 @@ import torch.nn.functional as F
 from teachclip.models.layers import masked_softmax
 
 TeacherSims = torch.Tensor | Sequence[torch.Tensor]
+KnownPairs = torch.Tensor | Sequence[torch.Tensor | None] | None
 
 
 # ---- retrieval --------------------------------------------------------------------------------
@@ -55,42 +64,64 @@ def info_nce(logits: torch.Tensor) -> torch.Tensor:
 
 # ---- coarse teaching --------------------------------------------------------------------------
 def coarse_pearson(student_logits: torch.Tensor, teacher_sims: TeacherSims,
-                   teacher_temperature: float = 1.0, eps: float = 1e-12) -> torch.Tensor:
+                   teacher_temperature: float = 1.0, eps: float = 1e-12, known: KnownPairs = None) -> torch.Tensor:
     """TeachCLIP's CgT: per teacher ``mean_i (1 - r(p_i, q_i)) + mean_j (1 - r(p_j, q_j))`` over the
-    row (text-to-video) and column (video-to-text) softmaxes, averaged over teachers."""
+    row (text-to-video) and column (video-to-text) softmaxes, averaged over teachers. ``known``: see
+    the module docstring (softmaxes and correlations over the known entries of each row/column)."""
     student = _student(student_logits)
     teachers = _teachers(teacher_sims, student, teacher_temperature)
-    p_rows, p_cols = student.softmax(dim=1), student.softmax(dim=0)
-    per_teacher = [
-        _one_minus_pearson(p_rows, teacher.softmax(dim=1), 1, eps).mean()
-        + _one_minus_pearson(p_cols, teacher.softmax(dim=0), 0, eps).mean()
-        for teacher in teachers
-    ]
+    masks = _known_masks(known, teachers, student)
+    per_teacher = []
+    for teacher, mask in zip(teachers, masks, strict=True):
+        if mask is None:
+            per_teacher.append(_one_minus_pearson(student.softmax(dim=1), teacher.softmax(dim=1), 1, eps).mean()
+                               + _one_minus_pearson(student.softmax(dim=0), teacher.softmax(dim=0), 0, eps).mean())
+            continue
+        per_teacher.append(sum(_masked_mean_over(_one_minus_pearson_known(student, teacher, mask, dim, eps),
+                                                 mask.sum(dim=dim) >= 2) for dim in (1, 0)))
     return torch.stack(per_teacher).mean()
 
 
 def coarse_kl(student_logits: torch.Tensor, teacher_sims: TeacherSims, temperature: float = 1.0,
-              teacher_temperature: float = 1.0) -> torch.Tensor:
+              teacher_temperature: float = 1.0, known: KnownPairs = None) -> torch.Tensor:
     """``KL(teacher softmax || student softmax)`` summed over each row (and each column), averaged
     over rows (columns); rows + columns per teacher, averaged over teachers. ``temperature`` is the
-    distillation temperature applied to both sides after ``teacher_temperature`` (no T^2 factor)."""
+    distillation temperature applied to both sides after ``teacher_temperature`` (no T^2 factor).
+    ``known``: see the module docstring."""
     student = _student(student_logits) / temperature
     teachers = [teacher / temperature for teacher in _teachers(teacher_sims, student, teacher_temperature)]
+    masks = _known_masks(known, teachers, student)
     per_teacher = []
-    for teacher in teachers:
-        rows = F.kl_div(student.log_softmax(dim=1), teacher.log_softmax(dim=1), reduction="none", log_target=True)
-        cols = F.kl_div(student.log_softmax(dim=0), teacher.log_softmax(dim=0), reduction="none", log_target=True)
-        per_teacher.append(rows.sum(dim=1).mean() + cols.sum(dim=0).mean())
+    for teacher, mask in zip(teachers, masks, strict=True):
+        if mask is None:
+            rows = F.kl_div(student.log_softmax(dim=1), teacher.log_softmax(dim=1), reduction="none", log_target=True)
+            cols = F.kl_div(student.log_softmax(dim=0), teacher.log_softmax(dim=0), reduction="none", log_target=True)
+            per_teacher.append(rows.sum(dim=1).mean() + cols.sum(dim=0).mean())
+            continue
+        terms = []
+        for dim in (1, 0):
+            log_p = _masked_log_softmax(teacher, mask, dim)
+            log_q = _masked_log_softmax(student, mask, dim)
+            divergence = torch.where(mask, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p)).sum(dim=dim)
+            terms.append(_masked_mean_over(divergence, mask.sum(dim=dim) >= 2))
+        per_teacher.append(sum(terms))
     return torch.stack(per_teacher).mean()
 
 
 def coarse_huber(student_logits: torch.Tensor, teacher_sims: TeacherSims, delta: float = 1.0,
-                 teacher_temperature: float = 1.0) -> torch.Tensor:
+                 teacher_temperature: float = 1.0, known: KnownPairs = None) -> torch.Tensor:
     """TeachText: Huber(student, mean of the teachers' logits), mean over entries. The student matrix
-    is compared on the scale it is passed in (see the module docstring)."""
+    is compared on the scale it is passed in (see the module docstring). ``known``: the mean runs over
+    the entries every teacher knows."""
     student = _student(student_logits)
-    teacher = torch.stack(_teachers(teacher_sims, student, teacher_temperature)).mean(dim=0)
-    return F.huber_loss(student, teacher, delta=delta, reduction="mean")
+    teachers = _teachers(teacher_sims, student, teacher_temperature)
+    teacher = torch.stack(teachers).mean(dim=0)
+    masks = [m for m in _known_masks(known, teachers, student) if m is not None]
+    if not masks:
+        return F.huber_loss(student, teacher, delta=delta, reduction="mean")
+    mask = torch.stack(masks).all(dim=0)
+    per_entry = F.huber_loss(student, teacher, delta=delta, reduction="none")
+    return torch.where(mask, per_entry, torch.zeros_like(per_entry)).sum() / mask.sum().clamp_min(1)
 
 
 # ---- fine teaching ----------------------------------------------------------------------------
@@ -167,6 +198,44 @@ def _teachers(teacher_sims: TeacherSims, student: torch.Tensor, teacher_temperat
     # teacher labels are constants: no gradient flows into a cache or a teacher
     return [teacher.detach().to(device=student.device, dtype=torch.float32) / teacher_temperature
             for teacher in teachers]
+
+
+def _known_masks(known: KnownPairs, teachers: list[torch.Tensor], student: torch.Tensor) -> list[torch.Tensor | None]:
+    """One bool mask (or None: every pair known) per teacher, on the student's device."""
+    masks = [known] * len(teachers) if known is None or isinstance(known, torch.Tensor) else list(known)
+    if len(masks) != len(teachers):
+        raise ValueError(f"{len(masks)} known-pair masks for {len(teachers)} teachers")
+    out = []
+    for index, mask in enumerate(masks):
+        if mask is not None and mask.shape != student.shape:
+            raise ValueError(f"known-pair mask {index} has shape {tuple(mask.shape)}, the student's is "
+                             f"{tuple(student.shape)}")
+        out.append(None if mask is None else mask.to(device=student.device, dtype=torch.bool))
+    return out
+
+
+def _masked_mean_over(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``valid`` (0 when nothing is: still in the graph, no host sync)."""
+    return torch.where(valid, values, torch.zeros_like(values)).sum() / valid.sum().clamp_min(1)
+
+
+def _masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """log softmax over the known entries of ``dim``; 0 (never -inf, never NaN) elsewhere."""
+    filled = logits.masked_fill(~mask, float("-inf"))
+    filled = torch.where(mask.any(dim, keepdim=True), filled, torch.zeros_like(filled))
+    return torch.where(mask, filled.log_softmax(dim), torch.zeros_like(filled))
+
+
+def _one_minus_pearson_known(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, dim: int,
+                             eps: float) -> torch.Tensor:
+    """``1 - r`` per row (dim=1) or column (dim=0) between the student's and the teacher's softmaxes
+    over the known entries only (unknown entries are neither in the softmaxes nor in the means)."""
+    p, q = masked_softmax(student, mask, dim), masked_softmax(teacher, mask, dim)
+    count = mask.sum(dim=dim, keepdim=True).clamp_min(1)
+    p = torch.where(mask, p - p.sum(dim=dim, keepdim=True) / count, torch.zeros_like(p))
+    q = torch.where(mask, q - q.sum(dim=dim, keepdim=True) / count, torch.zeros_like(q))
+    denominator = (p.norm(dim=dim) * q.norm(dim=dim)).clamp_min(eps)
+    return 1 - (p * q).sum(dim=dim) / denominator
 
 
 def _one_minus_pearson(p: torch.Tensor, q: torch.Tensor, dim: int, eps: float) -> torch.Tensor:

@@ -13,6 +13,11 @@ pairs. The loss of a batch with student logits ``S = logit_scale * text @ video.
 ``relational`` and ``margin`` are the MCKD-style options of docs/distillation.md. ``caption_mask`` (from
 ``teach audit-captions``) removes flagged captions from the sampler.
 
+A sparse teacher (``teach cache sparsify`` or a candidate group) holds only some pairs of a batch:
+with ``unknown_pairs: mask`` (the default) the coarse term runs over the pairs it holds
+(:mod:`teachclip.models.losses`, "Known pairs"); InfoNCE uses every pair. ``sampler: candidates``
+builds batches whose pairs the cache mostly holds (:func:`teachclip.training.batches.candidate_batches`).
+
 ``a_k`` are the per-teacher weights (``train_student.teachers``); ``huber`` averages the teachers'
 matrices first (TeachText) instead of their losses. Defaults are TeachCLIP's code: 0.2 / 1 / 2,
 Pearson + CE. A term whose weight is 0 is not computed at all (its cache arrays are not even read).
@@ -73,8 +78,9 @@ from teachclip.models.losses import coarse_loss, fine_loss, info_nce, margin_los
 from teachclip.models.student import Student
 from teachclip.stores import open_for_manifest
 from teachclip.stores.caption_mask import load_caption_mask
-from teachclip.stores.teacher_cache import GroupReader, open_teacher_caches
+from teachclip.stores.teacher_cache import GroupReader, SparseGroup, open_teacher_caches
 from teachclip.training.batches import (
+    candidate_batches,
     caption_per_video_batches,
     frames_batches,
     mask_captions,
@@ -155,20 +161,27 @@ SIMILARITY_TERMS = {"coarse", "relational", "margin"}  # the terms that read the
 
 @dataclass
 class SoftLabels:
-    """The global batch's teacher outputs: [(weight, similarity [B, B])], [(weight, relevance [B, T])]."""
+    """The global batch's teacher outputs: [(weight, similarity [B, B])], [(weight, relevance [B, T])],
+    and per similarity the pairs the teacher's cache holds (bool [B, B]; None: every pair)."""
 
     similarities: list[tuple[float, torch.Tensor]]
     relevances: list[tuple[float, torch.Tensor]]
+    known: list[torch.Tensor | None] | None = None
 
 
 def gather_soft_labels(teachers: list[CachedTeacher], captions: np.ndarray, videos: np.ndarray,
-                       terms: dict[str, float]) -> SoftLabels:
+                       terms: dict[str, float], unknown_pairs: str = "mask") -> SoftLabels:
     """Rows = the batch's captions, columns = the batch's videos (caption i belongs to video i)."""
-    similarities = [(t.weight, torch.from_numpy(t.group.similarity_block(t.rows[captions], t.cols[videos])))
-                    for t in teachers] if terms.keys() & SIMILARITY_TERMS else []
+    similarities, known = [], []
+    if terms.keys() & SIMILARITY_TERMS:
+        for t in teachers:
+            rows, cols = t.rows[captions], t.cols[videos]
+            similarities.append((t.weight, torch.from_numpy(t.group.similarity_block(rows, cols))))
+            masked = unknown_pairs == "mask" and isinstance(t.group, SparseGroup)
+            known.append(torch.from_numpy(t.group.known_mask(rows, cols)) if masked else None)
     relevances = [(t.weight, torch.from_numpy(t.group.frame_relevance(t.rows[captions])))
                   for t in teachers if t.group.has_frame_relevance] if "fine" in terms else []
-    return SoftLabels(similarities, relevances)
+    return SoftLabels(similarities, relevances, known)
 
 
 # ---- the step ---------------------------------------------------------------------------------
@@ -201,7 +214,7 @@ def batch_losses(outputs: dict[str, Any], labels: SoftLabels, terms: dict[str, f
     logits = outputs["logit_scale"] * cosines
     losses = {"nce": info_nce(logits)}
     if "coarse" in terms:
-        losses["coarse"] = coarse_teaching(logits, labels.similarities, config)
+        losses["coarse"] = coarse_teaching(logits, labels.similarities, config, labels.known)
     if "fine" in terms:
         frame_weights = gather(outputs["frame_weights"].float(), sizes)
         mask = gather(outputs["mask"].float(), sizes) > 0.5
@@ -221,13 +234,17 @@ def batch_losses(outputs: dict[str, Any], labels: SoftLabels, terms: dict[str, f
 
 
 def coarse_teaching(logits: torch.Tensor, similarities: list[tuple[float, torch.Tensor]],
-                    config: TrainStudentConfig) -> torch.Tensor:
+                    config: TrainStudentConfig, known: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """The coarse term; ``known``: per teacher, the pairs its cache holds (None: all), see SoftLabels."""
     options = {"teacher_temperature": config.teacher_temperature, "delta": config.huber_delta}
+    known = known or [None] * len(similarities)
     if config.coarse_loss == "huber":  # TeachText: one target, the teachers' weighted mean matrix
         target = weighted_mean([(w, sim.to(logits.device)) for w, sim in similarities])
-        return coarse_loss("huber", logits, target, **options)
-    return weighted_mean([(w, coarse_loss(config.coarse_loss, logits, sim.to(logits.device), **options))
-                          for w, sim in similarities])
+        masks = [m for m in known if m is not None]
+        mask = torch.stack(masks).all(dim=0) if masks else None  # the pairs every teacher holds
+        return coarse_loss("huber", logits, target, known=mask, **options)
+    return weighted_mean([(w, coarse_loss(config.coarse_loss, logits, sim.to(logits.device), known=mask, **options))
+                          for (w, sim), mask in zip(similarities, known, strict=True)])
 
 
 def weighted_mean(items: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
@@ -327,17 +344,20 @@ def train_student(
     optimizer = build_optimizer(groups, {"backbone": config.lr_backbone, "new": config.lr_new, "afa": config.lr_afa},
                                 config.weight_decay)
 
-    neighbours = None  # "neighbourhood": batches grown from a sparse teacher's top-k (training/batches.py)
-    if config.sampler == "neighbourhood":
+    neighbours = None  # "neighbourhood", "candidates": batches from a sparse teacher's stored videos (training/batches.py)
+    if config.sampler in ("neighbourhood", "candidates"):
         if not chosen:
-            raise TrainStudentError("sampler 'neighbourhood' needs a (sparse) teacher cache")
+            raise TrainStudentError(f"sampler {config.sampler!r} needs a (sparse) teacher cache")
         neighbours = training_neighbours(chosen[0].group, chosen[0].rows, chosen[0].cols)
 
     def epoch_batches(epoch: int):
-        if neighbours is None:
-            batches = caption_per_video_batches(sampled_captions, config.batch_size, config.seed, epoch)
-        else:
+        if config.sampler == "candidates":
+            batches = candidate_batches(sampled_captions, neighbours, config.batch_size, config.hard_fraction,
+                                        config.seed, epoch)
+        elif config.sampler == "neighbourhood":
             batches = neighbourhood_batches(sampled_captions, neighbours, config.batch_size, config.seed, epoch)
+        else:
+            batches = caption_per_video_batches(sampled_captions, config.batch_size, config.seed, epoch)
         return [b for b in batches if len(b.videos) >= world]  # every rank needs at least one video
 
     scheduler = warmup_cosine(optimizer, len(epoch_batches(0)) * config.epochs, config.warmup_fraction)
@@ -376,7 +396,7 @@ def train_student(
                 else:
                     inputs |= {"mask": frozen.mask[videos].to(device),
                                "frame_features": frozen.frame_features[videos].to(device)}
-                labels = gather_soft_labels(chosen, batch.captions, batch.videos, terms)
+                labels = gather_soft_labels(chosen, batch.captions, batch.videos, terms, config.unknown_pairs)
                 # the step: forward on this rank's slice, loss of the global batch, one AdamW update
                 with autocast(device, amp):
                     outputs = step_module(**inputs)

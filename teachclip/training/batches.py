@@ -1,6 +1,8 @@
 """What goes into a training batch: the data order (samplers) and the frames reader.
 
 - :func:`caption_per_video_batches`: CLIP4Clip's epoch, every video once with one of its captions;
+- :func:`candidate_batches`: for sparse (candidate) caches, random seed videos plus a ``hard_fraction``
+  of each batch drawn from the seeds' stored candidates (``train_student.sampler: candidates``);
 - :func:`neighbourhood_batches`: the same, grown from a sparse teacher cache's neighbourhoods so that
   more in-batch soft labels are known (``train_student.sampler: neighbourhood``);
 - :func:`mask_captions`: the caption lists without the captions a caption-audit mask flags;
@@ -95,6 +97,63 @@ def training_neighbours(group: GroupReader, rows: np.ndarray, cols: np.ndarray) 
     position_of_column = np.full(group.layout.n_videos, -1, dtype=np.int64)
     position_of_column[cols] = np.arange(len(cols))
     return position_of_column[group.neighbours(rows)[0]]
+
+
+def candidate_batches(captions_of_video: Sequence[Sequence[int]], neighbours: np.ndarray, batch_size: int,
+                      hard_fraction: float, seed: int, epoch: int) -> list[Batch]:
+    """Every video once per epoch with one of its captions, in batches of *seeds* and *candidates*.
+
+    A batch takes ``max(1, batch_size - round(hard_fraction * batch_size))`` seed videos, the next
+    unused ones of a shuffled order (random, as :func:`caption_per_video_batches`), then fills the
+    rest with the seeds' candidates: the unused videos that the seeds' drawn captions list in the
+    cache (``neighbours[c]``: training-video positions, best teacher score first, -1 for none), taken
+    round-robin over the seeds by rank (every seed's best first, then every seed's second ...), so
+    the hard part is spread over the seeds instead of crowding around one. When the seeds list no
+    unused video, the batch is filled with the next unused videos of the order (random fill).
+
+    ``hard_fraction`` 0 gives random batches (whose in-batch pairs the cache mostly does not hold:
+    the losses mask them); 1 gives one seed and its neighbourhood (every negative hard: what made
+    the ``neighbourhood`` sampler hurt). In between, each seed caption is scored against its known
+    candidates (hard negatives with exact teacher scores) *and* still meets random easy negatives
+    in InfoNCE. A pure function of ``(seed, epoch)``; a last batch of a single video is dropped."""
+    counts = np.array([len(c) for c in captions_of_video], dtype=np.int64)
+    if (counts == 0).any():
+        raise ValueError(f"video position {int(np.argmin(counts))} has no captions")
+    if not 0 <= hard_fraction <= 1:
+        raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
+    rng = np.random.default_rng([seed, epoch, 2])
+    order = rng.permutation(len(counts))
+    choice = rng.integers(0, counts)
+    caption_of = np.array([captions_of_video[v][c] for v, c in enumerate(choice)], dtype=np.int64)
+    n_seeds = max(1, batch_size - round(hard_fraction * batch_size))
+    used = np.zeros(len(counts), dtype=bool)
+    batches, cursor = [], 0
+
+    def next_unused() -> int | None:
+        nonlocal cursor
+        while cursor < len(order) and used[order[cursor]]:
+            cursor += 1
+        return int(order[cursor]) if cursor < len(order) else None
+
+    while next_unused() is not None:
+        members = []
+        while len(members) < n_seeds and (video := next_unused()) is not None:
+            used[video] = True
+            members.append(video)
+        ranked = neighbours[caption_of[members]].T.ravel()  # rank-major: every seed's best, then second ...
+        for video in ranked:
+            if len(members) == batch_size:
+                break
+            if video >= 0 and not used[video]:
+                used[video] = True
+                members.append(int(video))
+        while len(members) < batch_size and (video := next_unused()) is not None:
+            used[video] = True
+            members.append(video)
+        if len(members) >= 2:
+            videos = np.array(members, dtype=np.int64)
+            batches.append(Batch(videos, caption_of[videos]))
+    return batches
 
 
 def neighbourhood_batches(captions_of_video: Sequence[Sequence[int]], neighbours: np.ndarray, batch_size: int,

@@ -38,6 +38,7 @@ from teachclip.stages.extract_teachers.requests import ExtractError, TeacherRequ
 from teachclip.stores import open_video_store
 from teachclip.stores.teacher_cache.dense import write_block
 from teachclip.stores.teacher_cache.schema import SPLIT, CacheLayout, TeacherIdentity
+from teachclip.stores.teacher_cache.sparse import write_candidate_block
 
 BUILD_SEED = 0  # any weights a checkpoint does not overwrite are drawn alike on every worker
 # a scoring sub-block may use this many bytes per (text, video) pair and feature element: the
@@ -86,6 +87,9 @@ class BlockUnit:
     n_video_units: int
     memory_budget_mb: int
     encode_batch: int
+    # candidate extraction: the block's columns file (.candidates); None: score every video (dense)
+    candidates: Path | None = None
+    random_columns: int = 0  # of them, the last ones are random videos (the first ones retrieved)
 
 
 def video_units(rows: CacheRows, scratch: Path, encode_batch: int) -> list[VideoUnit]:
@@ -97,8 +101,10 @@ def video_units(rows: CacheRows, scratch: Path, encode_batch: int) -> list[Video
 
 
 def block_units(
-    rows: CacheRows, layout: CacheLayout, group: Path, scratch: Path, n_video_units: int, config: ExtractConfig
+    rows: CacheRows, layout: CacheLayout, group: Path, scratch: Path, n_video_units: int, config: ExtractConfig,
+    candidates: Any = None,
 ) -> list[BlockUnit]:
+    """The blocks of one group; ``candidates``: the run's CandidatePlan (None: dense blocks)."""
     units = []
     for block in range(layout.n_blocks):
         start, stop = layout.block_rows(block)
@@ -108,6 +114,8 @@ def block_units(
             own_columns=rows.text_video[start:stop].astype(np.int64), scratch=scratch,
             n_video_units=n_video_units, memory_budget_mb=config.memory_budget_mb,
             encode_batch=config.encode_batch,
+            candidates=None if candidates is None else candidates.block_file(block),
+            random_columns=0 if candidates is None else candidates.random,
         ))
     return units
 
@@ -193,19 +201,16 @@ def encode_video_unit(unit: VideoUnit, runtime: Any) -> int:
 
 
 def score_block(unit: BlockUnit, runtime: Any) -> int:
-    """Score one block of captions against every video and write its shards; returns the pairs scored."""
+    """Score one block of captions against every video (or, for candidate extraction, against its
+    own video and its candidate columns) and write it; returns the pairs scored."""
     runtime = resolve_runtime(runtime)
+    if unit.candidates is not None:
+        return score_candidate_block(unit, runtime)
     teacher = runtime.teacher
     videos = runtime.video_features(unit.scratch, unit.n_video_units)
     n_texts, n_videos = len(unit.caption_ids), batch_size(videos)
     with torch.inference_mode(), autocast(runtime.device, runtime.amp):
-        text_parts = []
-        for start in range(0, n_texts, unit.encode_batch):
-            stop = start + unit.encode_batch
-            batch = teacher.text_batch(unit.texts[start:stop], unit.caption_ids[start:stop],
-                                       unit.caption_videos[start:stop])
-            text_parts.append(teacher.encode_texts(batch))
-        texts = cat_features(text_parts)
+        texts = encode_block_texts(unit, teacher)
         step_texts, step_videos = sub_block(texts, videos, n_texts, n_videos, unit.memory_budget_mb)
         similarity = np.empty((n_texts, n_videos), dtype=np.float32)
         for t0 in range(0, n_texts, step_texts):
@@ -224,6 +229,53 @@ def score_block(unit: BlockUnit, runtime: Any) -> int:
             ])
     write_block(unit.group, unit.index, similarity, relevance)
     return n_texts * n_videos
+
+
+def encode_block_texts(unit: BlockUnit, teacher: Any) -> dict[str, Any]:
+    """The teacher's features of the block's captions, ``encode_batch`` at a time."""
+    text_parts = []
+    for start in range(0, len(unit.caption_ids), unit.encode_batch):
+        stop = start + unit.encode_batch
+        batch = teacher.text_batch(unit.texts[start:stop], unit.caption_ids[start:stop],
+                                   unit.caption_videos[start:stop])
+        text_parts.append(teacher.encode_texts(batch))
+    return cat_features(text_parts)
+
+
+def score_candidate_block(unit: BlockUnit, runtime: TeacherRuntime) -> int:
+    """Candidate extraction: each caption against its own video and its K columns only, one ``score``
+    call of 1 x (K + 1) pairs per caption (the teachers have no pairwise API, and a shared column set
+    per block would cost block x union evaluations). ``rest_mean`` = the mean score of the row's
+    random columns (the last ``random_columns`` of the file), or its lowest score when
+    every other video is a column."""
+    teacher = runtime.teacher
+    videos = runtime.video_features(unit.scratch, unit.n_video_units)
+    columns = np.load(unit.candidates, allow_pickle=False).astype(np.int64)
+    n_texts = len(unit.caption_ids)
+    if columns.shape[0] != n_texts:
+        raise ExtractError(f"{unit.candidates}: {columns.shape[0]} rows of candidates for a block of {n_texts} captions")
+    n_random = unit.random_columns
+    scores = np.empty((n_texts, columns.shape[1] + 1), dtype=np.float32)
+    with torch.inference_mode(), autocast(runtime.device, runtime.amp):
+        texts = encode_block_texts(unit, teacher)
+        pairs = torch.as_tensor(np.concatenate([unit.own_columns[:, None], columns], axis=1), device=runtime.device)
+        for row in range(n_texts):
+            chosen = {key: value[pairs[row]] for key, value in videos.items()}
+            scores[row] = teacher.score(slice_features(texts, row, row + 1), chosen).float().cpu().numpy()[0]
+        relevance = None
+        if teacher.has_frame_relevance:
+            own = torch.as_tensor(unit.own_columns, device=runtime.device)
+            step = max(1, unit.encode_batch)
+            relevance = np.concatenate([
+                teacher.relevance(slice_features(texts, t0, t0 + step),
+                                  {key: value[own[t0 : t0 + step]] for key, value in videos.items()})
+                .float().cpu().numpy()
+                for t0 in range(0, n_texts, step)
+            ])
+    stored = scores[:, 1:]
+    rest = stored[:, -n_random:].mean(axis=1) if n_random else stored.min(axis=1)
+    write_candidate_block(unit.group, unit.index, columns, stored, scores[:, 0], rest, relevance)
+    return int(scores.size)
 
 
 def sub_block(texts: dict, videos: dict, n_texts: int, n_videos: int, memory_budget_mb: int) -> tuple[int, int]:

@@ -179,6 +179,23 @@ def plan_layout(
     rows = max(chunk_texts, rows // chunk_texts * chunk_texts)  # whole chunks per shard
     layout = CacheLayout(n_texts, n_videos, frames_per_video, rows, chunk_texts, chunk_videos)
     try:  # never write a group that the readers would refuse
+        problem = LayoutAttributes.model_validate(asdict(layout)).dense_block_problem()
+    except ValidationError as exc:
+        raise TeacherCacheError(f"cannot lay out {n_texts} captions x {n_videos} videos: "
+                                f"{validation_message(exc)}") from exc
+    if problem:
+        raise TeacherCacheError(f"cannot lay out {n_texts} captions x {n_videos} videos: {problem}")
+    return layout
+
+
+def plan_sparse_layout(n_texts: int, n_videos: int, frames_per_video: int, block_texts: int) -> CacheLayout:
+    """The layout of a group written sparse from the start (candidate extraction): blocks of
+    ``block_texts`` rows, each one chunk of every (K-column) array; no dense columns (``chunk_videos`` 1)."""
+    if n_texts < 1 or n_videos < 1:
+        raise TeacherCacheError(f"nothing to score: {n_texts} train captions x {n_videos} train videos")
+    rows = max(1, min(block_texts, n_texts))
+    layout = CacheLayout(n_texts, n_videos, frames_per_video, rows, rows, 1)
+    try:
         LayoutAttributes.model_validate(asdict(layout))
     except ValidationError as exc:
         raise TeacherCacheError(f"cannot lay out {n_texts} captions x {n_videos} videos: "
@@ -220,17 +237,44 @@ class LayoutAttributes(_Strict):
                              f"rows within the {self.n_texts} texts")
         if self.chunk_texts * max(self.chunk_videos, self.frames_per_video) * 4 > MAX_CHUNK_BYTES:
             raise ValueError(f"a chunk of {self.chunk_texts} rows exceeds {MAX_CHUNK_BYTES >> 20} MiB")
-        if self.block_texts * (self.n_videos + self.frames_per_video) * 4 > MAX_BLOCK_BYTES:
-            raise ValueError(f"a block of {self.block_texts} rows exceeds {MAX_BLOCK_BYTES >> 30} GiB")
         return self
+
+    def dense_block_problem(self) -> str | None:
+        """A dense block (every video of ``block_texts`` rows) must fit ``MAX_BLOCK_BYTES``; a sparse
+        group's rows hold K scores, so this bound is the dense groups' only."""
+        if self.block_texts * (self.n_videos + self.frames_per_video) * 4 > MAX_BLOCK_BYTES:
+            return f"a block of {self.block_texts} rows exceeds {MAX_BLOCK_BYTES >> 30} GiB"
+        return None
+
+
+class RetrieverAttributes(_Strict):
+    """``sparse.candidates.retriever``: the first stage that proposed the candidates."""
+
+    kind: Literal["clip", "student"]
+    fingerprint: Annotated[str, Field(pattern=FINGERPRINT)]
+
+
+class CandidateAttributes(_Strict):
+    """``sparse.candidates`` of a group written by candidate extraction (:mod:`.sparse`): the columns
+    hold ``k`` retrieved and ``random`` random videos per caption (fewer when the collection is small)."""
+
+    retriever: RetrieverAttributes
+    k: Annotated[int, Field(ge=1, le=MAX_TOP_K)]
+    random: Annotated[int, Field(ge=0, le=MAX_TOP_K)]
+    seed: int
+    teacher_evaluations: Annotated[int, Field(ge=0)]  # (caption, video) pairs the teacher scored
 
 
 class SparseAttributes(_Strict):
-    """``sparse`` of a sparse group (:mod:`.sparse`)."""
+    """``sparse`` of a sparse group (:mod:`.sparse`). ``dense_fingerprint``: the fingerprint of the
+    dense group the same teacher computes from the same frames (the source of ``teach cache
+    sparsify``; for a candidate group, the one it was *not* necessary to compute). ``top_k``: the
+    columns stored per caption. ``candidates``: present on groups from candidate extraction only."""
 
     top_k: Annotated[int, Field(ge=1, le=MAX_TOP_K)]
     dense_fingerprint: Annotated[str, Field(pattern=FINGERPRINT)]
     fill: Annotated[str, Field(max_length=64)]
+    candidates: CandidateAttributes | None = None
 
 
 class GroupAttributes(_Strict):
@@ -264,6 +308,8 @@ class GroupAttributes(_Strict):
         if self.sparse is not None and self.sparse.top_k > self.layout.n_videos:
             raise ValueError(f"sparse top_k {self.sparse.top_k} outside 1..{self.layout.n_videos} (the videos in "
                              f"the layout)")
+        if self.sparse is None and (problem := self.layout.dense_block_problem()):
+            raise ValueError(problem)
         return self
 
 

@@ -22,6 +22,16 @@ neighbourhoods (:func:`teachclip.training.batches.neighbourhood_batches`), so th
 labels are known.
 
 Disk and memory per caption: ``K * (4 + 2) + 4`` bytes instead of ``2 * videos`` (``bench/sparse.py``).
+
+**Candidate groups** are the same arrays written directly by candidate extraction
+(``extract.candidates``, :func:`create_candidate_group` / :func:`write_candidate_block`): no dense
+matrix exists at any point. A row's K columns are the ``k`` videos a cheap retriever proposed and
+``random`` videos drawn uniformly from the others (never the caption's own video, whose score is
+``own_score``), sorted by teacher score, best first; ``rest_mean`` is then the mean teacher score of
+the row's random videos, an unbiased estimate of the mean of its unscored videos (fill rule
+``random_mean``). ``sparse.candidates`` records the retriever's kind and fingerprint, ``k``,
+``random``, ``seed`` and the number of teacher evaluations; the group's fingerprint
+(:func:`candidate_fingerprint`) covers all of them but the count, which follows from them.
 """
 
 from __future__ import annotations
@@ -47,16 +57,103 @@ from teachclip.stores.teacher_cache.schema import (
     TEXT_IDS,
     TEXT_VIDEO,
     VIDEO_IDS,
+    CacheLayout,
     TeacherCacheError,
+    TeacherIdentity,
     check_group_name,
     check_store_or_absent,
+    group_attributes,
+    layout_from_attributes,
     open_root,
+    parse_group_attributes,
 )
 from teachclip.stores.zarr_io import create_array, partial_path, write_strings
 
-__all__ = ["FILL_RULE", "NEIGHBOUR_SCORES", "NEIGHBOUR_VIDEOS", "OWN_SCORE", "REST_MEAN", "SparseGroup", "is_sparse",
-           "sparse_fingerprint", "sparsify", "top_k_of_rows"]
+__all__ = ["CANDIDATE_FILL", "FILL_RULE", "NEIGHBOUR_SCORES", "NEIGHBOUR_VIDEOS", "OWN_SCORE", "REST_MEAN", "SparseGroup", "candidate_fingerprint",
+           "create_candidate_group", "is_sparse", "sparse_fingerprint", "sparsify", "top_k_of_rows",
+           "write_candidate_block"]
 FILL_RULE = "rest_mean"  # unknown entries read as the mean of the row's scores outside the top k
+CANDIDATE_FILL = "random_mean"  # candidate groups: the mean of the row's random videos' scores
+
+
+def candidate_fingerprint(dense_fingerprint: str, retriever_fingerprint: str, k: int, random: int, seed: int) -> str:
+    """A candidate group's identity: the teacher's (``dense_fingerprint``), the retriever's, and which
+    columns were scored (``k``, ``random``, ``seed``)."""
+    return fingerprint("candidate-teacher-cache", {"dense": dense_fingerprint, "k": k, "random": random,
+                                                   "retriever": retriever_fingerprint, "seed": seed})
+
+
+def create_candidate_group(store: str | Path, name: str, identity: TeacherIdentity, layout: CacheLayout,
+                           columns: int, candidates: dict[str, Any], text_ids: Sequence[str],
+                           video_ids: Sequence[str], text_video: np.ndarray,
+                           versions: dict[str, str] | None = None) -> Path:
+    """Create an empty (``complete: false``) candidate group of ``columns`` stored videos per caption;
+    one block of ``layout.block_texts`` rows is one chunk file of every array (parallel writers never
+    share a file). ``candidates``: the ``sparse.candidates`` attributes (:class:`.schema.CandidateAttributes`)."""
+    check_group_name(name)
+    n_texts = layout.n_texts
+    if len(text_ids) != n_texts or len(video_ids) != layout.n_videos or len(text_video) != n_texts:
+        raise TeacherCacheError(f"{store}/{name}: ids and layout disagree on the number of texts/videos")
+    retriever = candidates["retriever"]["fingerprint"]
+    attrs = group_attributes(identity, layout, complete=False, versions=versions or {}) | {
+        "fingerprint": candidate_fingerprint(identity.fingerprint, retriever, candidates["k"], candidates["random"],
+                                             candidates["seed"]),
+        "sparse": {"top_k": columns, "dense_fingerprint": identity.fingerprint, "fill": CANDIDATE_FILL,
+                   "candidates": candidates},
+    }
+    parse_group_attributes(attrs, Path(store) / name)  # never write a group the readers would refuse
+    group = open_root(store).create_group(name, overwrite=True, attributes=_canonical(attrs))
+    rows = layout.block_texts
+    create_array(group, NEIGHBOUR_VIDEOS, shape=(n_texts, columns), chunks=(rows, columns), dtype="int32", fill_value=-1)
+    create_array(group, NEIGHBOUR_SCORES, shape=(n_texts, columns), chunks=(rows, columns), dtype="float16",
+                 fill_value=float("nan"))
+    create_array(group, OWN_SCORE, shape=(n_texts,), chunks=(rows,), dtype="float16", fill_value=float("nan"))
+    create_array(group, REST_MEAN, shape=(n_texts,), chunks=(rows,), dtype="float16", fill_value=float("nan"))
+    if identity.has_frame_relevance:
+        create_array(group, RELEVANCE, shape=(n_texts, layout.frames_per_video), chunks=(rows, layout.frames_per_video),
+                     dtype="float32", fill_value=float("nan"))
+    write_strings(group, TEXT_IDS, list(text_ids))
+    write_strings(group, VIDEO_IDS, list(video_ids))
+    create_array(group, TEXT_VIDEO, shape=(n_texts,), chunks=(n_texts,), dtype="int32",
+                 fill_value=-1)[...] = np.asarray(text_video, dtype=np.int32)
+    return Path(store) / name
+
+
+def write_candidate_block(group_path: str | Path, block: int, columns: np.ndarray, scores: np.ndarray,
+                          own: np.ndarray, rest: np.ndarray, relevance: np.ndarray | None) -> None:
+    """Write one block of a candidate group: ``columns`` int [b, K] (distinct per row, never the
+    caption's own video) with their teacher ``scores`` [b, K], ``own`` [b] and ``rest`` [b] scores and
+    the frame ``relevance`` [b, T]. Rows are stored sorted by score, best first (ties: lower column)."""
+    group = zarr.open_group(Path(group_path), mode="r+")
+    attrs = dict(group.attrs)
+    layout = layout_from_attributes(attrs)
+    top_k = attrs["sparse"]["top_k"]
+    start, stop = layout.block_rows(block)
+    if columns.shape != (stop - start, top_k) or scores.shape != columns.shape or own.shape != (stop - start,) \
+            or rest.shape != own.shape:
+        raise TeacherCacheError(f"{group_path}: block {block}: shapes {columns.shape}, {scores.shape}, {own.shape}, "
+                                f"{rest.shape}; expected ({stop - start}, {top_k}) and ({stop - start},)")
+    problems = neighbour_problems(columns, layout.n_videos, start)
+    text_video = np.asarray(group[TEXT_VIDEO][start:stop])
+    if not problems and (columns == text_video[:, None]).any():
+        problems = [f"row {start + int(np.argmax((columns == text_video[:, None]).any(axis=1)))}: the caption's own "
+                    f"video among its columns (its score is own_score)"]
+    if problems:
+        raise TeacherCacheError(f"{group_path}: block {block}: {problems[0]}")
+    order = np.lexsort((columns, -scores.astype(np.float32)), axis=1)  # score descending, then column
+    values = {NEIGHBOUR_VIDEOS: np.take_along_axis(columns, order, axis=1).astype(np.int32),
+              NEIGHBOUR_SCORES: np.take_along_axis(scores, order, axis=1).astype(np.float16),
+              OWN_SCORE: own.astype(np.float16), REST_MEAN: rest.astype(np.float16)}
+    if RELEVANCE in group:
+        if relevance is None or relevance.shape != (stop - start, layout.frames_per_video):
+            raise TeacherCacheError(f"{group_path}: block {block}: frame relevance missing or of the wrong shape")
+        values[RELEVANCE] = relevance.astype(np.float32)
+    for name, array in values.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():  # NaN marks unwritten data: never store one
+            raise TeacherCacheError(f"{group_path}: block {block}: non-finite {name} (NaN, or beyond float16's range)")
+    config = {"write_empty_chunks": True}
+    for name, array in values.items():
+        group[name].with_config(config)[start:stop] = array
 
 
 def sparse_fingerprint(dense_fingerprint: str, top_k: int) -> str:
@@ -138,6 +235,11 @@ def is_sparse(attrs: dict[str, Any]) -> bool:
     return "sparse" in attrs
 
 
+def fill_rule(sparse: Any) -> str:
+    """The fill rule a sparse group of this kind must declare (``sparse``: its SparseAttributes)."""
+    return FILL_RULE if sparse.candidates is None else CANDIDATE_FILL
+
+
 class SparseGroup(GroupReader):
     """The dense reader's API over a sparse group (module docstring), plus :meth:`known_mask` and
     :meth:`neighbours`. Its arrays are small (K per caption) and always read into memory, where they
@@ -147,9 +249,11 @@ class SparseGroup(GroupReader):
         super().__init__(path)
         if self.checked.sparse is None:
             raise TeacherCacheError(f"{self.path}: not a sparse teacher cache group")
-        if self.checked.sparse.fill != FILL_RULE:
+        expected_fill = fill_rule(self.checked.sparse)
+        if self.checked.sparse.fill != expected_fill:
             raise TeacherCacheError(f"{self.path}: sparse fill rule {self.checked.sparse.fill!r}: this code reads "
-                                    f"{FILL_RULE!r}")
+                                    f"{expected_fill!r} for this kind of sparse group")
+        self.candidates = self.checked.sparse.candidates  # None for a `teach cache sparsify` group
         self.top_k: int = self.checked.sparse.top_k
         if not self.complete:  # nothing to load: every score read refuses an incomplete group
             empty = np.zeros((0, self.top_k))

@@ -157,14 +157,24 @@ def _check_sparse_identity(attrs: GroupAttributes, identity, check: GroupCheck) 
             f"sparse dense_fingerprint {meta.dense_fingerprint} does not match the identity in the attributes "
             f"({identity.fingerprint}): the metadata was altered"
         )
-    expected = sparse.sparse_fingerprint(meta.dense_fingerprint, meta.top_k)
+    candidates = meta.candidates
+    if candidates is None:
+        expected = sparse.sparse_fingerprint(meta.dense_fingerprint, meta.top_k)
+        inputs = f"dense_fingerprint and top_k {meta.top_k}"
+    else:  # a candidate group: the teacher, the retriever and which columns were scored
+        expected = sparse.candidate_fingerprint(meta.dense_fingerprint, candidates.retriever.fingerprint, candidates.k,
+                                                candidates.random, candidates.seed)
+        inputs = f"dense_fingerprint, the retriever, k {candidates.k}, random {candidates.random}, seed {candidates.seed}"
+        if candidates.teacher_evaluations != attrs.layout.n_texts * (meta.top_k + 1):
+            check.problems.append(f"sparse.candidates.teacher_evaluations {candidates.teacher_evaluations} is not "
+                                  f"texts x (columns + 1) = {attrs.layout.n_texts * (meta.top_k + 1)}")
     if attrs.fingerprint != expected:
         check.problems.append(
-            f"fingerprint {attrs.fingerprint} is not the sparse fingerprint of dense_fingerprint and "
-            f"top_k {meta.top_k} ({expected}): the metadata was altered"
+            f"fingerprint {attrs.fingerprint} is not the sparse fingerprint of {inputs} ({expected}): "
+            f"the metadata was altered"
         )
-    if meta.fill != sparse.FILL_RULE:
-        check.problems.append(f"sparse fill rule {meta.fill!r}: this code reads {sparse.FILL_RULE!r}")
+    if meta.fill != sparse.fill_rule(meta):
+        check.problems.append(f"sparse fill rule {meta.fill!r}: this code reads {sparse.fill_rule(meta)!r}")
 
 
 def _sparse_arrays(layout, top_k: int) -> dict[str, tuple[int, ...]]:
@@ -242,8 +252,14 @@ def _group_info(path: Path) -> dict[str, Any]:
     # a sparse group: K scores per caption, not a [texts, videos] matrix; its size is per caption
     top_k = attrs.sparse.top_k
     score_bytes = sum(tree_bytes(path / name) for name in _sparse_arrays(layout, top_k))
-    return info | {"top_k": top_k, "dense_fingerprint": attrs.sparse.dense_fingerprint, "sparse_bytes": score_bytes,
-                   "sparse_bytes_per_caption": score_bytes / max(1, layout.n_texts)}
+    info |= {"top_k": top_k, "dense_fingerprint": attrs.sparse.dense_fingerprint, "sparse_bytes": score_bytes,
+             "sparse_bytes_per_caption": score_bytes / max(1, layout.n_texts)}
+    candidates = attrs.sparse.candidates
+    if candidates is not None:  # what the teacher did, against a dense extraction's texts x videos
+        info["candidates"] = candidates.model_dump() | {
+            "dense_evaluations": layout.n_texts * layout.n_videos,
+            "evaluation_fraction": candidates.teacher_evaluations / max(1, layout.n_texts * layout.n_videos)}
+    return info
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -263,6 +279,12 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"    fingerprint {g['fingerprint']}")
         if "top_k" in g:
             lines.append(f"    dense       {g['dense_fingerprint']}")
+        if "candidates" in g:
+            c = g["candidates"]
+            lines.append(f"    candidates  {c['k']} from retriever {c['retriever']['kind']} "
+                         f"({c['retriever']['fingerprint'][:12]}) + {c['random']} random (seed {c['seed']}); "
+                         f"{c['teacher_evaluations']:,} teacher evaluations = {100 * c['evaluation_fraction']:.2f}% "
+                         f"of dense")
         lines.append(f"    content     {g['content_sha256'] or '(no content hash: completed before content hashes existed)'}")
         lines.append(f"    frames      {g['frames_fingerprint']}")
         lines.append(f"    manifest    {g['manifest_fingerprint']}")
