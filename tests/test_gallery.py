@@ -8,12 +8,19 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from browser import find_browser, open_page
+from browser import Browser, find_browser
 from typer.testing import CliRunner
 
 from teachclip.cli import app
-from teachclip.core.config import BackboneConfig, ComputeConfig, EvaluateConfig, Params, ReportConfig, StudentConfig, \
-    TeacherConfig
+from teachclip.core.config import (
+    BackboneConfig,
+    ComputeConfig,
+    EvaluateConfig,
+    Params,
+    ReportConfig,
+    StudentConfig,
+    TeacherConfig,
+)
 from teachclip.models.factory import create_teacher, save_teacher
 from teachclip.models.io import save_model
 from teachclip.models.student import Student
@@ -61,16 +68,24 @@ def params(**report) -> Params:
     return Params(compute=CPU, report=ReportConfig(**report))
 
 
-def test_gallery_is_one_self_contained_page(inputs, tmp_path):
+@pytest.fixture(scope="module")
+def written(inputs, tmp_path_factory):
+    """The gallery of the AFA variant against the teacher (meanP: test_gallery_errors_name_the_input), and
+    the run that must be shown: the AFA variant's better seed."""
     root, gallery = inputs
-    only = tmp_path / "metrics"  # the AFA variant and the teacher (meanP: see the next test)
+    out = tmp_path_factory.mktemp("gallery-page")
+    only = out / "metrics"
     only.mkdir()
     for name in ("afa-s0", "afa-s1", "teacher-xpool"):
         shutil.copy(root / "metrics" / f"{name}.json", only)
     r1 = {name: json.loads((only / f"{name}.json").read_text())["t2v_R1"] for name in ("afa-s0", "afa-s1")}
-    best_seed = "afa-s1" if r1["afa-s1"] > r1["afa-s0"] else "afa-s0"
-    report(only, tmp_path, params(gallery_flagged=3), gallery)
-    page = (tmp_path / "gallery.html").read_text()
+    report(only, out, params(gallery_flagged=3), gallery)
+    return out / "gallery.html", "afa-s1" if r1["afa-s1"] > r1["afa-s0"] else "afa-s0"
+
+
+def test_gallery_is_one_self_contained_page(written):
+    path, best_seed = written
+    page = path.read_text()
     assert not re.search(r"<script|<link|https?://|url\(", page)  # nothing fetched, nothing run
     sources = re.findall(r'<img src="([^"]*)"', page)
     assert sources and all(src.startswith("data:image/jpeg;base64,") for src in sources)
@@ -125,19 +140,17 @@ def browser():
     return binary
 
 
-def test_the_gallery_loads_in_headless_chromium(inputs, browser, tmp_path):
-    root, gallery = inputs
-    report(root / "metrics", tmp_path, params(), gallery)
-    page = open_page(tmp_path / "gallery.html")
+def test_the_gallery_loads_in_headless_chromium(written, browser, tmp_path):
+    path, _ = written
+    text = path.read_text()
+    first = re.search(r'src="(data:image/jpeg;base64,[^"]*)"', text).group(1)
+    # the check must see a broken picture: a truncated data URI, and an image file that is not there
+    (tmp_path / "broken.html").write_text(text.replace(first, first[: len(first) // 2], 1))
+    (tmp_path / "missing.html").write_text(text.replace(first, "frame.jpg", 1))
+    with Browser(browser) as chromium:
+        page, broken, missing = [chromium.open(p.resolve().as_uri())
+                                 for p in (path, tmp_path / "broken.html", tmp_path / "missing.html")]
     assert len(page.images) > 20 and not page.broken_images and not page.errors, (page.broken_images, page.errors)
     assert page.screenshot[:4] == b"\x89PNG"
-
-    # the check must see a broken picture: one truncated data URI, one image file that is not there
-    text = (tmp_path / "gallery.html").read_text()
-    first = re.search(r'src="(data:image/jpeg;base64,[^"]*)"', text).group(1)
-    (tmp_path / "broken.html").write_text(text.replace(first, first[: len(first) // 2], 1))
-    broken = open_page(tmp_path / "broken.html")
-    assert len(broken.broken_images) >= 1 and broken.broken_images[0]["width"] == 0
-    (tmp_path / "missing.html").write_text(text.replace(first, "frame.jpg", 1))
-    missing = open_page(tmp_path / "missing.html")
-    assert missing.broken_images and any("ERR_FILE_NOT_FOUND" in error for error in missing.errors)
+    assert len(broken.broken_images) == 1 and broken.broken_images[0]["width"] == 0
+    assert len(missing.broken_images) == 1 and any("ERR_FILE_NOT_FOUND" in error for error in missing.errors)
