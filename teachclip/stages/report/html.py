@@ -30,7 +30,7 @@ code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; background: #e
 .legend span::before { content: ""; display: inline-block; width: 12px; height: 12px; border-radius: 3px; margin-right: 6px; vertical-align: -1px; background: var(--c); }
 .card { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 14px 16px 16px; margin: 12px 0; }
 .caption { font-size: 17px; font-weight: 600; margin: 0; }
-.caption::before { content: "\\201C"; } .caption::after { content: "\\201D"; }
+.caption q { quotes: "\\201C" "\\201D"; }
 .meta { color: var(--muted); font-size: 12.5px; margin: 2px 0 10px; }
 .meta b { color: var(--ink); }
 .tag { display: inline-block; font-size: 11px; font-weight: 600; text-transform: uppercase; letter-spacing: .04em; padding: 2px 7px; border-radius: 10px; margin-right: 8px; vertical-align: 2px; background: #ececf0; color: var(--muted); }
@@ -165,7 +165,7 @@ class Page:
         if q.student_weights is None:
             notes.append(f"{esc(g.student.run)} has no AFA block (it averages its frames)")
         return (
-            f'<section class="card"><p class="caption"><span class="tag {q.category}">{q.category}</span>{esc(q.text)}</p>'
+            f'<section class="card"><p class="caption"><span class="tag {q.category}">{q.category}</span><q>{esc(q.text)}</q></p>'
             f'<div class="meta">caption <code>{esc(q.caption_id)}</code> · ground truth <code>{esc(q.video_id)}</code>'
             f" · its rank: teacher <b>{q.teacher_rank}</b>, student <b>{q.student_rank}</b>"
             + (f" · {'; '.join(notes)}" if notes else "") + "</div>"
@@ -175,7 +175,7 @@ class Page:
         )
 
     def ranking(self, q: Query, role: str, hits: list[Retrieved], gt_rank: int, gt_score: float) -> str:
-        run = self.gallery.teacher.run if role == "teacher" else self.gallery.student.run
+        run = self.gallery.teacher.run.removeprefix("teacher-") if role == "teacher" else self.gallery.student.run
         items = "".join(
             f'<li class="hit{" gt" if hit.ground_truth else ""}"><span class="rank">{rank}</span>'
             f"{self.strip_img(hit.video_id, self.config.strip_frames, 44, hit.video_id)}"
@@ -208,7 +208,7 @@ class Page:
         others = "".join(f"<li>{esc(text)}</li>" for text in f.other_captions)
         return (
             f'<section class="card flag">{self.strip_img(f.video_id, 6, 64, f.video_id)}<div>'
-            f'<p class="caption">{esc(f.text)}</p>'
+            f'<p class="caption"><q>{esc(f.text)}</q></p>'
             f'<div class="meta">caption <code>{esc(f.caption_id)}</code> · video <code>{esc(f.video_id)}</code> · '
             f"rank of its video: teachers' mean <b>{f.rank_mean}</b> ({ranks})</div>"
             + (f"<div class=\"meta\">the video's other captions:</div><ul>{others}</ul>" if others else "")
