@@ -37,8 +37,8 @@ code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; background: #e
 .tag.teacher { background: #ebebeb; color: #444; } .tag.student { background: #e1eef8; color: #14527f; }
 .tag.both { background: #e3f3e3; color: #1f6f1f; } .tag.neither { background: #fbeaea; color: #8a2a2a; }
 .frames { display: flex; gap: 6px; flex-wrap: wrap; margin-bottom: 12px; }
-figure { margin: 0; width: 96px; }
-figure img { display: block; width: 96px; height: auto; border-radius: 4px; border: 2px solid var(--gt); image-rendering: auto; }
+figure { margin: 0; width: 84px; }
+figure img { display: block; width: 84px; height: auto; border-radius: 4px; border: 2px solid var(--gt); image-rendering: auto; }
 .bar { display: flex; align-items: center; gap: 4px; height: 14px; font-size: 10.5px; color: var(--muted); font-variant-numeric: tabular-nums; }
 .bar i { display: block; height: 7px; border-radius: 2px; background: var(--c); min-width: 1px; }
 .bar b { font-weight: 500; width: 30px; text-align: right; flex: none; }
