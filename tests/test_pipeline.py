@@ -21,7 +21,7 @@ COMMANDS = {
     "pretrain-backbone": "teachclip.stages.pretrain_backbone", "encode-frames": "teachclip.stages.encode_frames",
     "train-teacher": "teachclip.stages.train_teacher", "extract-teachers": "teachclip.stages.extract_teachers",
     "train-student": "teachclip.stages.train_student", "evaluate": "teachclip.stages.evaluate",
-    "report": "teachclip.stages.report",
+    "report": "teachclip.stages.report", "audit-captions": "teachclip.tools.audit_captions",
 }
 
 

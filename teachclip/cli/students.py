@@ -116,12 +116,32 @@ def export(
 
 def report(
     metrics: Path = typer.Option(Path("metrics"), "--metrics", help="Directory of `teach evaluate` JSON files."),
-    out: Path = typer.Option(Path("reports"), "--out", help="Writes results.md, results.json, results.png."),
+    out: Path = typer.Option(Path("reports"), "--out", help="Writes results.md, results.json, results.png "
+                             "(and gallery.html with --runs)."),
+    runs: Path = typer.Option(None, "--runs", help="Directory of the saved models the metrics were measured on: "
+                              "also write gallery.html (needs --frames and --manifest)."),
+    frames: Path = typer.Option(None, "--frames", help="Frames store (`teach decode`): the gallery's thumbnails, "
+                                "and what the models score unless --features is given."),
+    features: Path = FEATURES_OPTION,
+    manifest: Path = typer.Option(None, "--manifest", help="Manifest directory (videos.csv, captions.csv)."),
+    audit: Path = typer.Option(None, "--audit", help="A `teach audit-captions --out` directory: the gallery "
+                               "also shows the captions it flagged."),
+    device: str = DEVICE_OPTION,
     settings: list[str] = SET_OPTION,
 ) -> None:
-    """Teachers vs students (mean ± std over seeds) as a Markdown table, JSON and a bar chart."""
+    """Teachers vs students (mean ± std over seeds) as a Markdown table, JSON and a bar chart; with --runs
+    also a self-contained gallery.html of what the best teacher and student retrieve."""
+    from teachclip.stages.report import GalleryInputs
     from teachclip.stages.report import report as run
 
-    rows = run(metrics, out, load(settings))
+    gallery = None
+    if runs is not None:
+        if frames is None or manifest is None:
+            fail("--runs (the gallery) needs --frames (thumbnails) and --manifest")
+        gallery = GalleryInputs(runs, features or frames, frames, manifest, audit)
+    elif audit is not None or features is not None:
+        fail("--audit and --features are gallery inputs: give --runs, --frames and --manifest too")
+    rows = run(metrics, out, load(settings, {"compute.device": device}), gallery)
     typer.echo((out / "results.md").read_text())
-    typer.echo(f"wrote {out}/results.md, results.json, results.png ({len(rows)} models)", err=True)
+    wrote = "results.md, results.json, results.png" + (", gallery.html" if gallery else "")
+    typer.echo(f"wrote {out}/{wrote} ({len(rows)} models)", err=True)

@@ -293,6 +293,17 @@ class AuditConfig(Section):
     block_texts: int = Field(1024, ge=1)  # cache rows read at a time (bounds memory)
 
 
+class ReportConfig(Section):
+    """``teach report``'s results gallery (``gallery.html``; docs/guide.md, "Reading the gallery")."""
+
+    gallery_queries: int = Field(20, ge=0)  # test queries shown (the selection rule: stages/report/gallery.py)
+    gallery_flagged: int = Field(12, ge=0)  # flagged training captions shown (those ranked worst first)
+    top_k: int = Field(5, ge=1, le=20)  # retrieved videos shown per model and query
+    strip_frames: int = Field(4, ge=1)  # frames in the strip of a retrieved video
+    thumbnail_px: int = Field(96, ge=16, le=512)  # longest side of an embedded frame (never enlarged)
+    jpeg_quality: int = Field(80, ge=20, le=95)
+
+
 class SparsifyConfig(Section):
     """``teach cache sparsify``: keep each caption's top-k teacher videos (docs/distillation.md)."""
 
@@ -355,6 +366,7 @@ class Params(Section):
     train_student: TrainStudentConfig = TrainStudentConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     audit: AuditConfig = AuditConfig()
+    report: ReportConfig = ReportConfig()
     sparsify: SparsifyConfig = SparsifyConfig()
     search: SearchConfig = SearchConfig()
     rehearse: RehearseConfig = RehearseConfig()

@@ -4,20 +4,26 @@ Reads every ``<run>.json`` written by ``teach evaluate`` in a metrics directory.
 ``<variant>-s<seed>`` is a student variant (``students:`` in params.yaml) trained with that seed;
 ``teacher-<name>`` is a teacher. Writes ``results.md`` (a Markdown table), ``results.json`` (the
 same numbers, read by ``dvc metrics show``) and ``results.png`` (a bar chart of t2v R@1).
+
+Given the saved models and the data (:class:`GalleryInputs`), also ``gallery.html``: what the best
+teacher and the best student retrieve for about 20 test queries, with frame relevance and AFA weights,
+and the captions the audit flagged (``gallery.py`` computes it, ``html.py`` draws it).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from teachclip.core.config import Params
 from teachclip.core.errors import InputError
+from teachclip.core.files import atomic_write
+from teachclip.stages.report.gallery import RUN_NAME, build_gallery
+from teachclip.stages.report.html import render_gallery
 
-RUN_NAME = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
+GALLERY = "gallery.html"
 COLUMNS = ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "v2t_R1")  # required in every metrics file
 
 
@@ -142,7 +148,20 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(figure)
 
 
-def report(metrics_dir: str | Path, out_dir: str | Path, params: Params) -> list[Row]:
+@dataclass(frozen=True)
+class GalleryInputs:
+    """What the gallery reads besides the metrics: the saved models, the store they score (frames or
+    frame features), the frames store for thumbnails, the manifest and, optionally, a caption audit."""
+
+    runs: Path
+    videos: Path
+    frames: Path
+    manifest: Path
+    audit: Path | None = None
+
+
+def report(metrics_dir: str | Path, out_dir: str | Path, params: Params,
+           gallery: GalleryInputs | None = None) -> list[Row]:
     metrics_dir, out_dir = Path(metrics_dir), Path(out_dir)
     rows = collect(metrics_dir, params)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,4 +179,8 @@ def report(metrics_dir: str | Path, out_dir: str | Path, params: Params) -> list
     }
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     plot(rows, out_dir / "results.png")
+    if gallery is not None:
+        page = render_gallery(build_gallery(metrics_dir, gallery.runs, gallery.videos, gallery.frames,
+                                            gallery.manifest, params, gallery.audit), params.report)
+        atomic_write(out_dir / GALLERY, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return rows
