@@ -222,10 +222,17 @@ def without_pretrained(config: Any) -> Any:
     """A copy of a (nested) config dict with every ``pretrained`` entry set to None.
 
     Builders use it so that rebuilding a saved model never downloads or reads the original
-    pretrained weights: they are overwritten by the checkpoint anyway.
+    pretrained weights: they are overwritten by the checkpoint anyway. A backbone trained from
+    ``pretrained: openai`` was built with QuickGELU (``Backbone`` forces it for OpenAI weights), which a
+    null ``pretrained`` would no longer force: its name becomes open_clip's ``-quickgelu`` variant, so
+    the rebuilt model computes what the trained one did.
     """
     if isinstance(config, dict):
-        return {key: None if key == "pretrained" else without_pretrained(value) for key, value in config.items()}
+        copy = {key: None if key == "pretrained" else without_pretrained(value) for key, value in config.items()}
+        name = config.get("name")
+        if config.get("pretrained") == "openai" and isinstance(name, str) and not name.endswith("-quickgelu"):
+            copy["name"] = f"{name}-quickgelu"
+        return copy
     if isinstance(config, list):
         return [without_pretrained(value) for value in config]
     return config

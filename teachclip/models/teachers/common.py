@@ -18,7 +18,13 @@ from pydantic import BaseModel, ConfigDict
 
 from teachclip.core.config import TeacherConfig
 from teachclip.models.backbone import Backbone
-from teachclip.models.io import CheckpointError, load_state_dict_safely, read_config, weights_path
+from teachclip.models.io import (
+    CheckpointError,
+    load_state_dict_safely,
+    read_config,
+    weights_path,
+    without_pretrained,
+)
 from teachclip.models.layers import normalize
 from teachclip.models.teachers.base import Features, Teacher, TextBatch, VideoBatch
 from teachclip.models.teachers.released import departures, resolve_scoring
@@ -91,7 +97,8 @@ class ClipTeacher(Teacher):
             self.similarity_definition = (f"{self.similarity_definition}; scored as the released code: "
                                           f"{', '.join(departures(self.scoring))}")
         self.options = self.options_class.model_validate(config.options)
-        backbone_config = config.backbone if load_weights else config.backbone.model_copy(update={"pretrained": None})
+        backbone_config = config.backbone if load_weights else type(config.backbone).model_validate(
+            without_pretrained(config.backbone.model_dump()))
         self.backbone = Backbone(backbone_config)
         self.embed_dim = self.backbone.embed_dim
 
