@@ -32,8 +32,10 @@ def data(tiny_data):
 
 
 def documented_loader():
-    """The python block of docs/export-and-search.md, executed without teachclip in its namespace."""
-    code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
+    """The python block of docs/export-and-search.md's `teach export` section, executed without teachclip
+    in its namespace."""
+    section = DOC.read_text().split("## `teach export`", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "teachclip" not in code
     namespace: dict = {}
     exec(compile(code, str(DOC), "exec"), namespace)
