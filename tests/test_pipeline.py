@@ -86,3 +86,28 @@ def test_dvc_reads_the_pipeline(folder):
     result = subprocess.run(["dvc", "stage", "list"], cwd=folder, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "evaluate" in result.stdout
+
+
+# the commands whose runs log with teachclip.training.log.MetricsLog
+LOGGING_COMMANDS = {"pretrain-backbone", "train-teacher", "train-student"}
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES, ids=list(PIPELINES))
+def test_training_stages_declare_the_log_files_their_runs_write(pipeline):
+    """A metric or plot a stage declares but its run never writes fails `dvc repro` only after the
+    training has run (the demo's candidate-taught students once declared metrics.tsv, the log's old name)."""
+    from teachclip.training.log import DVCLIVE_DIR, PLOTS, SUMMARY
+
+    checked = 0
+    for name, stage in stages(PIPELINES[pipeline]):
+        command = re.search(r"teach (?:--params \S+ )?([a-z-]+)", stage["cmd"]).group(1)
+        if command not in LOGGING_COMMANDS:
+            continue
+        out = re.search(r"--out (\S+)", stage["cmd"]).group(1)
+        runs = {out.replace("{seed}", seed) for seed in re.findall(r"--seed (\d+)", stage["cmd"])} or {out}
+        expected = {f"{run}/{DVCLIVE_DIR}/{SUMMARY}" for run in runs}
+        assert {next(iter(m)) if isinstance(m, dict) else m for m in stage.get("metrics", [])} == expected, name
+        expected = {f"{run}/{DVCLIVE_DIR}/{PLOTS.as_posix()}" for run in runs}
+        assert {next(iter(p)) if isinstance(p, dict) else p for p in stage.get("plots", [])} == expected, name
+        checked += 1
+    assert checked >= (3 if pipeline == "demo" else 1)

@@ -18,7 +18,7 @@ Output directory (a saved model of kind ``backbone``, :mod:`teachclip.models.io`
     model.safetensors       the open_clip towers (``clip.*``): use the file (or the directory) as
                             ``backbone.pretrained``
     config.json             the backbone config; extra: pretraining config, data fingerprint, last metrics
-    metrics.tsv, .json      per epoch: loss, held-out text->frame R@1/R@5 (frames of the data's test split)
+    dvclive/                per epoch: loss, held-out text->frame R@1/R@5 (frames of the data's test split)
     checkpoint/             training state for --resume
 """
 

@@ -44,7 +44,7 @@ process would (:mod:`teachclip.training.distributed`).
 Output directory::
 
     config.json, model.safetensors    the student (save_model kind "student"): teach evaluate/search/export
-    metrics.tsv, metrics.json         one row per epoch: loss by term, logit scale, lr, test R@1/5/10 ...
+    dvclive/                          per epoch: loss by term, logit scale, lr, test R@1/5/10 ... (DVCLive)
     checkpoint/                       training state for --resume (weights, AdamW, schedule, RNG)
 """
 

@@ -11,7 +11,7 @@ epoch and ends on the same weights as an uninterrupted run.
 Output directory::
 
     config.json, model.safetensors    the teacher (save_teacher): what extract-teachers loads
-    metrics.tsv, metrics.json         one row per epoch (dvc plots / dvc metrics)
+    dvclive/                          one row per epoch, DVCLive's layout (teachclip.training.log)
     checkpoint/                       training state for --resume (safetensors + JSON)
 
 The loop itself is :func:`teachclip.training.contrastive.train_contrastive`.
