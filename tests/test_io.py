@@ -1,13 +1,16 @@
 """Saving and rebuilding models: round trips, refusals, clear errors."""
 
 import json
+import os
 import pathlib
+import stat
 
 import pytest
 import torch
 from torch import nn
 
 from teachclip.core.config import BackboneConfig, StudentConfig
+from teachclip.core.files import write_json
 from teachclip.models.factory import load_model
 from teachclip.models.io import CheckpointError, load_state_dict_safely, load_weights, read_config, save_model
 from teachclip.models.student import Student
@@ -64,6 +67,20 @@ def test_student_save_load_save_load_is_identical(tmp_path):
     assert document["kind"] == "student" and document["extra"] == {"epoch": 3}
     text = (tmp_path / "first" / "config.json").read_text()
     assert list(json.loads(text)) == sorted(json.loads(text))  # sorted keys: stable bytes for DVC
+
+
+def test_written_files_get_the_mode_of_a_new_file_not_a_private_one(tmp_path):
+    # atomic writes go through mkstemp, whose files are 0600: a model, metric or report shared with
+    # a team must be readable by them like any file the user creates (0644 under umask 022)
+    umask = os.umask(0o022)
+    try:
+        save_model(tmp_path / "model", _Tied(4), "student", {"width": 4})
+        write_json(tmp_path / "metrics.json", {"R1": 1.0})
+    finally:
+        os.umask(umask)
+    for path in (tmp_path / "model" / "model.safetensors", tmp_path / "model" / "config.json", tmp_path / "metrics.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.json", "metrics.json", "model", "model.safetensors"]
 
 
 def test_student_rebuild_does_not_fetch_pretrained(tmp_path):

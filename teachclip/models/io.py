@@ -13,8 +13,6 @@ checkpoint with ``torch.load(weights_only=True)``: nothing is ever unpickled.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from teachclip.core.errors import InputError, MissingFileError
+from teachclip.core.files import atomic_write
 from teachclip.core.fingerprint import fingerprint, sha256_file
 
 FORMAT_VERSION = 1
@@ -71,22 +70,13 @@ def save_model(
     document = {"config": config, "extra": extra or {}, "format_version": FORMAT_VERSION, "kind": kind}
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"  # fails early on non-JSON values
 
-    weights_tmp = _temporary_path(directory, WEIGHTS_FILE)
-    try:
-        # save_model (rather than save_file) drops duplicate names of shared/tied tensors. One
-        # metadata key only: safetensors writes its metadata map in hash order, and the same model
-        # must give the same bytes (DVC hashes).
-        save_safetensors(model, str(weights_tmp), metadata={"teachclip": f"{kind}/v{FORMAT_VERSION}"},
-                         force_contiguous=True)
-        os.replace(weights_tmp, directory / WEIGHTS_FILE)
-    finally:
-        weights_tmp.unlink(missing_ok=True)
-    config_tmp = _temporary_path(directory, CONFIG_FILE)
-    try:
-        config_tmp.write_text(text)
-        os.replace(config_tmp, directory / CONFIG_FILE)
-    finally:
-        config_tmp.unlink(missing_ok=True)
+    # save_model (rather than save_file) drops duplicate names of shared/tied tensors. One metadata
+    # key only: safetensors writes its metadata map in hash order, and the same model must give the
+    # same bytes (DVC hashes).
+    atomic_write(directory / WEIGHTS_FILE,
+                 lambda tmp: save_safetensors(model, str(tmp), metadata={"teachclip": f"{kind}/v{FORMAT_VERSION}"},
+                                              force_contiguous=True))
+    atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(text))
     return directory
 
 
@@ -249,8 +239,3 @@ def software_versions() -> dict[str, str]:
     return {"numpy": numpy.__version__, "open_clip": open_clip.__version__, "teachclip": version("teachclip"),
             "torch": torch.__version__, "zarr": zarr.__version__}
 
-
-def _temporary_path(directory: Path, name: str) -> Path:
-    handle, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(handle)
-    return Path(path)
