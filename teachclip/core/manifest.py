@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,16 +38,22 @@ class ManifestError(InputError):
     """A manifest that cannot be used; the message names the file and the reason."""
 
 
-@dataclass(frozen=True)
+# Slots and a path kept as text: at millions of videos and captions every byte per row counts (a
+# Path object is ~230 bytes, an instance __dict__ ~100; bench/scale_training.py measures the total).
+@dataclass(frozen=True, slots=True)
 class Video:
     video_id: str
-    path: Path  # absolute
+    path_text: str  # absolute
     split: str
     start: float | None = None  # clip bounds in seconds; None = start / end of the file
     end: float | None = None
 
+    @property
+    def path(self) -> Path:
+        return Path(self.path_text)
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Caption:
     caption_id: str
     video_id: str
@@ -184,6 +190,14 @@ def read_csv_table(
     """(line number, row) pairs of a UTF-8 CSV (a byte-order mark is fine) that must have
     ``columns``; errors name the file. ``strip_header``: tolerate spaces around column names, as
     some official annotation files have."""
+    return list(iter_csv_table(path, columns, strip_header))
+
+
+def iter_csv_table(
+    path: Path, columns: tuple[str, ...], strip_header: bool = False
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """:func:`read_csv_table` one row at a time (a manifest of millions of rows is never held as
+    row dicts); the checks and errors are the same, a bad row's error comes when it is reached."""
     if not path.is_file():
         raise ManifestError(f"{path}: file not found")
     try:
@@ -202,15 +216,13 @@ def read_csv_table(
             repeated = sorted({name for name in header if header.count(name) > 1})
             if repeated:
                 raise ManifestError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header")
-            rows = []
             for row in reader:
                 # line numbers are 1-based and count the header, as an editor shows them
                 if None in row:  # csv.DictReader files extra values under None: a cell would lose text
                     raise ManifestError(
                         f"{path}:{reader.line_num}: {len(row[None])} more value(s) than header columns (an unquoted "
                         f"comma in a text? quote the field)")
-                rows.append((reader.line_num, row))
-            return rows
+                yield reader.line_num, row
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text ({exc})") from exc
     except csv.Error as exc:
@@ -241,8 +253,8 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Mani
     videos_csv, captions_csv = root / "videos.csv", root / "captions.csv"
 
     videos: list[Video] = []
-    seen_videos: dict[str, int] = {}
-    for line, row in read_csv_table(videos_csv, VIDEO_COLUMNS):
+    seen_videos: dict[str, int] = {}  # video id -> line (then: its position in videos)
+    for line, row in iter_csv_table(videos_csv, VIDEO_COLUMNS):
         video_id = (row["video_id"] or "").strip()
         path = (row["path"] or "").strip()
         split = (row["split"] or "").strip()
@@ -264,13 +276,15 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Mani
             raise ManifestError(f"{videos_csv}:{line}: clip end {end} is not after start {start}")
         seen_videos[video_id] = line
         resolved = Path(path) if os.path.isabs(path) else root / path
-        videos.append(Video(video_id, resolved, split, start, end))
+        split = allowed[allowed.index(split)]  # one string object per split, not one per row
+        videos.append(Video(video_id, str(resolved), split, start, end))
     if not videos:
         raise ManifestError(f"{videos_csv}: no videos")
 
     captions: list[Caption] = []
     seen_captions: dict[str, int] = {}
-    for line, row in read_csv_table(captions_csv, CAPTION_COLUMNS):
+    seen_videos = {video.video_id: position for position, video in enumerate(videos)}
+    for line, row in iter_csv_table(captions_csv, CAPTION_COLUMNS):
         caption_id = (row["caption_id"] or "").strip()
         video_id = (row["video_id"] or "").strip()
         text = (row["text"] or "").strip()
@@ -287,7 +301,8 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Mani
         if not text:
             raise ManifestError(f"{captions_csv}:{line}: empty text for caption {caption_id!r}")
         seen_captions[caption_id] = line
-        captions.append(Caption(caption_id, video_id, text))
+        # the video's own id object: a caption row's copy of the id would be one more string per caption
+        captions.append(Caption(caption_id, videos[seen_videos[video_id]].video_id, text))
     return Manifest(root, videos, captions)
 
 
