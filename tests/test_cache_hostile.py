@@ -1045,3 +1045,23 @@ class TestTracebacks:
         (store / "a" / "zarr.json").write_text("[]")
         checks = {c.path.name: c for c in verify_store(store)}
         assert checks["b"].ok and not checks["a"].ok and "not an object" in checks["a"].problems[0]
+
+
+def test_id_arrays_are_read_with_memory_that_follows_the_file_not_the_bound(tmp_path):
+    # the id reader bounds a chunk by 4 KB per id (MAX_ID_LENGTH); reading "at most the bound" used to
+    # allocate the bound itself: 4 GB for a million captions, more than RAM at WebVid-10M
+    import tracemalloc
+
+    from teachclip.stores.teacher_cache.checks import read_ids
+    from teachclip.stores.zarr_io import write_strings
+
+    count = 20_000
+    ids = [f"video{i:07d}_caption" for i in range(count)]
+    write_strings(zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=3), "text_ids", ids)
+    tracemalloc.start()
+    try:
+        assert read_ids(tmp_path / "g.zarr" / "text_ids", count) == ids
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 400 * count  # the ids and their decoding (~250 B each); the bound alone is 80 MB

@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def _new_file_mode() -> int:
@@ -33,6 +33,17 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_at_most(handle: BinaryIO, limit: int) -> bytes:
+    """The file's bytes, or ``limit + 1`` of them when it holds more (the caller refuses it).
+
+    ``handle.read(limit + 1)`` alone would allocate ``limit + 1`` bytes up front whatever the file
+    holds: a generous bound (e.g. 4 KB per id of a million-caption id array) becomes gigabytes of
+    memory. The allocation here follows the file's actual size, capped by the bound.
+    """
+    size = os.fstat(handle.fileno()).st_size
+    return handle.read(min(size, limit) + 1)
 
 
 def write_json(path: str | Path, document: Any) -> Path:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from teachclip.core.files import read_at_most
 from teachclip.core.fingerprint import canonical_json
 from teachclip.stores.teacher_cache.schema import (
     MAX_CHUNK_BYTES,
@@ -186,7 +187,7 @@ def read_ids(array_path: Path, count: int) -> list[str]:
         if chunk.is_symlink():
             raise TeacherCacheError(f"{name}: chunk c/0 is a link")
         with open(chunk, "rb") as handle:
-            data = handle.read(limit + limit // 64 + 4096 + 1)
+            data = read_at_most(handle, limit + limit // 64 + 4096)
     except OSError as exc:
         raise TeacherCacheError(f"{name}: chunk c/0 is missing or unreadable ({exc.strerror or exc})") from exc
     if len(data) > limit + limit // 64 + 4096:

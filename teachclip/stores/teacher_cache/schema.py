@@ -37,6 +37,7 @@ import zarr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from teachclip.core.errors import InputError
+from teachclip.core.files import read_at_most
 from teachclip.core.fingerprint import canonical_json, fingerprint
 
 STORE_KIND = "teacher-cache"
@@ -341,7 +342,7 @@ def read_document(path: str | Path, max_bytes: int = MAX_METADATA_BYTES) -> dict
         if path.is_symlink():
             raise TeacherCacheError(f"{path}: a symbolic link where a metadata file belongs")
         with open(path, "rb") as handle:
-            data = handle.read(max_bytes + 1)
+            data = read_at_most(handle, max_bytes)
     except OSError as exc:
         raise TeacherCacheError(f"{path}: unreadable metadata ({exc.strerror or exc})") from exc
     return parse_document(data, path, max_bytes)
