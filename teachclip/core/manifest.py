@@ -65,10 +65,11 @@ class Manifest:
     root: Path
     videos: list[Video]
     captions: list[Caption]
-    _by_id: dict[str, Video] = field(default_factory=dict, repr=False)
+    _by_id: dict[str, Video] = field(default_factory=dict, repr=False)  # given by load_manifest, else built
 
     def __post_init__(self) -> None:
-        self._by_id = {video.video_id: video for video in self.videos}
+        if not self._by_id:
+            self._by_id = {video.video_id: video for video in self.videos}
 
     def video(self, video_id: str) -> Video:
         return self._by_id[video_id]
@@ -253,7 +254,7 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Mani
     videos_csv, captions_csv = root / "videos.csv", root / "captions.csv"
 
     videos: list[Video] = []
-    seen_videos: dict[str, int] = {}  # video id -> line (then: its position in videos)
+    seen_videos: dict[str, int] = {}
     for line, row in iter_csv_table(videos_csv, VIDEO_COLUMNS):
         video_id = (row["video_id"] or "").strip()
         path = (row["path"] or "").strip()
@@ -283,7 +284,8 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Mani
 
     captions: list[Caption] = []
     seen_captions: dict[str, int] = {}
-    seen_videos = {video.video_id: position for position, video in enumerate(videos)}
+    video_by_id = {video.video_id: video for video in videos}  # also the manifest's index
+    del seen_videos  # its line numbers only served the duplicate check; free it before the captions
     for line, row in iter_csv_table(captions_csv, CAPTION_COLUMNS):
         caption_id = (row["caption_id"] or "").strip()
         video_id = (row["video_id"] or "").strip()
@@ -294,7 +296,7 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Mani
             raise ManifestError(
                 f"{captions_csv}:{line}: duplicate caption_id {caption_id!r} (first on line {seen_captions[caption_id]})"
             )
-        if video_id not in seen_videos:
+        if video_id not in video_by_id:
             raise ManifestError(
                 f"{captions_csv}:{line}: caption {caption_id!r} refers to unknown video {video_id!r}"
             )
@@ -302,8 +304,8 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Mani
             raise ManifestError(f"{captions_csv}:{line}: empty text for caption {caption_id!r}")
         seen_captions[caption_id] = line
         # the video's own id object: a caption row's copy of the id would be one more string per caption
-        captions.append(Caption(caption_id, videos[seen_videos[video_id]].video_id, text))
-    return Manifest(root, videos, captions)
+        captions.append(Caption(caption_id, video_by_id[video_id].video_id, text))
+    return Manifest(root, videos, captions, video_by_id)
 
 
 def write_manifest(
