@@ -57,26 +57,26 @@ def main() -> None:
     store = open_for_manifest(args.features, manifest)
     result: dict = {"benchmark": "fine_signal", "tau": args.tau, "train_videos": len(train), "teachers": {}, "students": {}}
 
-    captions = [(video, caption) for video in train for caption in video["captions"]]
+    # one read of the train videos serves every teacher (masks) and every student (features)
+    features, mask = store.read(store.index([video["video_id"] for video in train]))
+    features, mask = torch.from_numpy(features), torch.from_numpy(np.asarray(mask, dtype=bool))
+    captions = [(position, video, caption) for position, video in enumerate(train) for caption in video["captions"]]
+    caption_mask = mask[[position for position, _, _ in captions]]
     for group in open_teacher_caches(args.teachers):
         try:
-            relevance = group.frame_relevance(group.text_index([c["caption_id"] for _, c in captions]))
+            relevance = group.frame_relevance(group.text_index([c["caption_id"] for _, _, c in captions]))
         except TeacherCacheError as exc:  # a teacher without frame relevance (e.g. a plain CLIP teacher)
             result["teachers"][group.name] = str(exc)
             continue
-        _, mask = store.read(store.index([video["video_id"] for video, _ in captions]))
-        mask = torch.from_numpy(np.asarray(mask, dtype=bool))
-        targets = fine_targets(torch.from_numpy(relevance), mask, args.tau).numpy()
+        targets = fine_targets(torch.from_numpy(relevance), caption_mask, args.tau).numpy()
         named, uniform = [], []
-        for (video, caption), target, valid in zip(captions, targets, mask.numpy(), strict=True):
+        for (_, video, caption), target, valid in zip(captions, targets, caption_mask.numpy(), strict=True):
             frames = frames_of_seconds(caption["relevant_seconds"], len(video["timeline"]), int(valid.sum()))
             named.append(float(target[frames].sum()))
             uniform.append(len(frames) / int(valid.sum()))
         result["teachers"][group.name] = {"captions": len(named), "named_object_share": round(float(np.mean(named)), 4),
                                           "uniform_share": round(float(np.mean(uniform)), 4)}
 
-    features, mask = store.read(store.index([video["video_id"] for video in train]))
-    features, mask = torch.from_numpy(features), torch.from_numpy(np.asarray(mask, dtype=bool))
     junk = [frames_of_seconds([s for s, kind in enumerate(video["timeline"]) if kind.startswith("junk")],
                               len(video["timeline"]), int(valid.sum())) for video, valid in zip(train, mask, strict=True)]
     uniform = float(np.mean([len(frames) / int(valid.sum()) for frames, valid in zip(junk, mask, strict=True)]))
