@@ -17,7 +17,8 @@ trains, coarse + fine teaching), and that process reports
 - ``read_bytes_per_step``: bytes the process read through system calls per step (``rchar`` of
   ``/proc/self/io``: page-cache hits included), median over steps 3 and later.
 
-``ratios`` divides each figure by the smallest size's (the baseline measured in the same run).
+``ratios`` divides each figure by the smallest size's (the baseline measured in the same run);
+``peak_bytes_per_extra_caption`` is the peak's growth beyond the smallest size per added caption.
 """
 
 from __future__ import annotations
@@ -166,7 +167,11 @@ def main() -> None:
           "frames": args.frames,
           "batch_size": args.batch_size, "top_k": args.top_k, "steps": args.steps, "sizes": rows,
           "ratios": {str(r["videos"]): {k: round(r[k] / base[k], 3) if base[k] else None for k in keys}
-                     for r in rows}})
+                     for r in rows},
+          # what the peak grows by per caption beyond the smallest size: the metadata a run holds per caption
+          "peak_bytes_per_extra_caption": {str(r["videos"]): round((r["peak_rss_mib"] - base["peak_rss_mib"]) * 2**20
+                                                                    / (r["captions"] - base["captions"]), 1)
+                                           for r in rows[1:]}})
 
 
 if __name__ == "__main__":

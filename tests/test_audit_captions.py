@@ -125,9 +125,9 @@ def test_a_video_whose_every_caption_is_flagged_is_reported_and_keeps_its_captio
     assert result.report["flagged"] == 2
     # captions_of_video in training-set terms: video A = captions 0, 1; B = 2, 3; C = 4
     masked, fallback = mask_captions([[0, 1], [2, 3], [4]], TEXT_IDS, load_caption_mask(tmp_path / "audit"))
-    assert masked == [[0], [2], [4]] and fallback == []
+    assert masked.tolist() == [[0], [2], [4]] and fallback == []
     masked, fallback = mask_captions([[0, 1], [2, 3], [4]], TEXT_IDS, {"a0": False, "a1": False, "b1": False})
-    assert masked == [[0, 1], [2], [4]] and fallback == [0]
+    assert masked.tolist() == [[0, 1], [2], [4]] and fallback == [0]
 
 
 def test_caches_of_another_manifest_and_bad_masks_are_refused(tiny, tmp_path):

@@ -97,7 +97,7 @@ def known_fraction(batches, neighbours) -> float:
 
 def test_batch_composition_seeds_then_their_candidates():
     captions_of_video, neighbours = ring()
-    batches = candidate_batches(captions_of_video, neighbours, 8, 0.5, seed=0, epoch=0)
+    batches = list(candidate_batches(captions_of_video, neighbours, 8, 0.5, seed=0, epoch=0))
     videos = np.concatenate([b.videos for b in batches])
     assert sorted(videos.tolist()) == list(range(N_VIDEOS))  # every video once per epoch
     for batch in batches:
@@ -114,29 +114,29 @@ def test_batch_composition_seeds_then_their_candidates():
                 used.add(video)
                 expected.append(video)
     assert hard.tolist() == expected[:4]
-    again = candidate_batches(captions_of_video, neighbours, 8, 0.5, seed=0, epoch=0)
+    again = list(candidate_batches(captions_of_video, neighbours, 8, 0.5, seed=0, epoch=0))
     assert all(np.array_equal(a.videos, b.videos) for a, b in zip(batches, again, strict=True))
-    other = candidate_batches(captions_of_video, neighbours, 8, 0.5, seed=0, epoch=1)
+    other = list(candidate_batches(captions_of_video, neighbours, 8, 0.5, seed=0, epoch=1))
     assert not all(np.array_equal(a.videos, b.videos) for a, b in zip(batches, other, strict=True))
 
 
 def test_the_knob_runs_from_random_to_hard_batches():
     captions_of_video, neighbours = ring()
-    fractions = [known_fraction(candidate_batches(captions_of_video, neighbours, 8, h, seed=0, epoch=0), neighbours)
+    fractions = [known_fraction(list(candidate_batches(captions_of_video, neighbours, 8, h, seed=0, epoch=0)), neighbours)
                  for h in (0.0, 0.25, 0.5, 1.0)]
     assert fractions == sorted(fractions) and fractions[0] < 0.2 and fractions[-1] > 2 * fractions[0]
     # hard_fraction 0: random seeds only, as random as CLIP4Clip's epoch
     random = caption_per_video_batches(captions_of_video, 8, seed=0, epoch=0)
     assert known_fraction(random, neighbours) == pytest.approx(fractions[0], abs=0.1)
     # 1: one random seed per batch, everything else its neighbourhood
-    hard = candidate_batches(captions_of_video, neighbours, 8, 1.0, seed=0, epoch=0)
+    hard = list(candidate_batches(captions_of_video, neighbours, 8, 1.0, seed=0, epoch=0))
     assert all(len(b.videos) == 8 for b in hard[:-1])
 
 
 def test_random_fill_when_the_seeds_list_nothing_unused():
     captions_of_video = [[v] for v in range(9)]
     neighbours = np.full((9, 3), -1)  # no candidates at all
-    batches = candidate_batches(captions_of_video, neighbours, 4, 0.75, seed=3, epoch=0)
+    batches = list(candidate_batches(captions_of_video, neighbours, 4, 0.75, seed=3, epoch=0))
     assert [len(b.videos) for b in batches] == [4, 4]  # the last single video is dropped
     with pytest.raises(ValueError, match="hard_fraction"):
         candidate_batches(captions_of_video, neighbours, 4, 1.5, seed=3, epoch=0)

@@ -39,7 +39,7 @@ def test_decoded_videos_in_store_order_captions_in_manifest_order(manifest):
     assert data.store_rows.tolist() == [store.video_ids.index(v) for v in data.video_ids]
     assert data.caption_ids == ["c9", "c1", "c5"]  # manifest order; c2's video failed
     assert [data.video_ids[i] for i in data.caption_video] == data.caption_video_ids == ["v3", "v1", "v3"]
-    assert data.captions_of_video == [[1], [0, 2], []]
+    assert data.captions_of_video.tolist() == [[1], [0, 2], []]
     assert data.excluded_video_ids == ["v2"]
 
 
@@ -47,7 +47,7 @@ def test_training_drops_videos_without_captions_and_needs_two(manifest):
     store = Store(["t1", "v1", "v2", "v3", "v4"], failed={"v2"})
     data = training_data(store, manifest)
     assert data.video_ids == ["v1", "v3"] and data.excluded_video_ids == ["v2", "v4"]
-    assert data.captions_of_video == [[1], [0, 2]]
+    assert data.captions_of_video.tolist() == [[1], [0, 2]]
     with pytest.raises(ManifestError, match="1 usable video"):
         training_data(Store(["t1", "v1", "v2", "v3", "v4"], failed={"v2", "v3"}), manifest)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from teachclip.core.columns import IdColumn, StringColumn
 from teachclip.core.config import EvaluateConfig
 from teachclip.core.device import grad_scaler
 from teachclip.core.manifest import SplitData
@@ -315,8 +316,9 @@ def test_score_collection_student_and_teacher(monkeypatch):
                    device=torch.device("cpu"))
 
     student = VectorModel().eval()
-    data = SplitData("test", video_ids, video_indices, caption_ids, texts, caption_video_ids,
-                     np.array([video_ids.index(v) for v in caption_video_ids]), [], [])
+    data = SplitData("test", IdColumn.of(video_ids), video_indices, IdColumn.of(caption_ids), StringColumn.of(texts),
+                     np.array([video_ids.index(v) for v in caption_video_ids]), [])
+    assert data.caption_video_ids == caption_video_ids
     similarity = score_collection(student, store, data, **options)
     frames = torch.from_numpy(store.frames[video_indices])
     mask = torch.from_numpy(store.mask[video_indices])

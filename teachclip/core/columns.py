@@ -175,6 +175,14 @@ class StringColumn(Sequence[str]):
             ends.append(len(blob))
         return cls(np.frombuffer(bytes(blob), dtype=np.uint8), np.array(ends, dtype=np.int64))
 
+    @classmethod
+    def concat(cls, parts: Sequence[StringColumn]) -> StringColumn:
+        if not parts:
+            return cls.of([])
+        offsets = np.cumsum([0] + [len(p.data) for p in parts[:-1]])
+        return cls(np.concatenate([p.data for p in parts]),
+                   np.concatenate([p.ends + offset for p, offset in zip(parts, offsets, strict=True)]))
+
     def __len__(self) -> int:
         return len(self.ends)
 

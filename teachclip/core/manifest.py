@@ -17,21 +17,25 @@ which training, teacher extraction and evaluation all use.
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from teachclip.core.columns import IdColumn, StringColumn
 from teachclip.core.errors import InputError
-from teachclip.core.fingerprint import fingerprint, sha256_file
+from teachclip.core.fingerprint import canonical_json, sha256_file
 
 SPLITS = ("train", "val", "test")
 VIDEO_COLUMNS = ("video_id", "path", "split")
 CAPTION_COLUMNS = ("caption_id", "video_id", "text")
 MANIFEST_FINGERPRINT_VERSION = 1
+_CHUNK_ROWS = 65_536  # rows checked as one batch of columns: bounds the objects alive while reading
 
 
 class ManifestError(InputError):
@@ -62,24 +66,40 @@ class Caption:
 
 @dataclass
 class Manifest:
+    """The manifest's videos and captions as objects, for the splits in ``kept`` (None: every split).
+
+    ``load_manifest(..., keep=...)`` validates every row of the files but keeps objects only for some
+    splits: a run that needs the 1,000 test videos of a collection of millions holds those, and reads
+    any other split as columns (:func:`split_data`) or streams it (:meth:`fingerprint`)."""
+
     root: Path
     videos: list[Video]
     captions: list[Caption]
     _by_id: dict[str, Video] = field(default_factory=dict, repr=False)  # given by load_manifest, else built
+    kept: tuple[str, ...] | None = None
+    allowed: tuple[str, ...] = SPLITS
+    _index: ManifestIndex | None = field(default=None, repr=False)  # check_manifest's result, given by load_manifest
 
     def __post_init__(self) -> None:
         if not self._by_id:
             self._by_id = {video.video_id: video for video in self.videos}
+
+    def _require(self, split: str | None) -> None:
+        if self.kept is not None and (split is None or split not in self.kept):
+            raise ManifestError(f"{self.root}: split {split or 'every split'!r} was not loaded "
+                                f"(load_manifest(..., keep={self.kept}))")
 
     def video(self, video_id: str) -> Video:
         return self._by_id[video_id]
 
     def videos_in(self, split: str | None) -> list[Video]:
         """Videos of one split (None: all), in manifest order."""
+        self._require(split)
         return [v for v in self.videos if split is None or v.split == split]
 
     def captions_in(self, split: str | None) -> list[Caption]:
         """Captions whose video is in ``split`` (None: all), in manifest order."""
+        self._require(split)
         if split is None:
             return list(self.captions)
         return [c for c in self.captions if self._by_id[c.video_id].split == split]
@@ -95,82 +115,179 @@ class Manifest:
 
         ``mode="content"`` hashes file bytes (robust, costs a read of every file);
         ``mode="stat"`` uses size and mtime (instant, but a copy with new mtimes changes it).
-        Missing files contribute a marker, so decode can still run and report them.
+        Missing files contribute a marker, so decode can still run and report them. A manifest loaded
+        with ``keep`` streams its files instead of its objects: the same hash, no object per row.
         """
-        entries = []
-        for video in sorted(self.videos, key=lambda v: v.video_id):
-            entry = [video.video_id, video.split, _file_identity(video.path, mode)]
-            if video.start is not None or video.end is not None:
-                entry.append([video.start, video.end])  # only clipped videos change the hash format
-            entries.append(entry)
-        captions = sorted([c.caption_id, c.video_id, c.text] for c in self.captions)
-        return fingerprint(
-            "manifest", {"version": MANIFEST_FINGERPRINT_VERSION, "videos": entries, "captions": captions}
-        )
+        if mode not in ("stat", "content"):
+            raise ManifestError(f"unknown fingerprint mode {mode!r} (expected 'content' or 'stat')")
+        if self.kept is None:
+            videos = sorted(self.videos, key=lambda v: v.video_id)
+            captions = ((c.caption_id, c.video_id, c.text) for c in sorted(self.captions, key=lambda c: c.caption_id))
+            return _manifest_hash(videos, captions, mode)
+        return _streamed_fingerprint(self.root, self.allowed, mode, self.index())
+
+    def split_columns(self, split: str) -> SplitColumns:
+        """The videos (sorted by id) and captions (manifest order) of ``split`` as columns; from the
+        objects when the split was kept, else read from the files without an object per row."""
+        if self.kept is None or split in self.kept:
+            videos = IdColumn.of(sorted(v.video_id for v in self.videos if v.split == split))
+            captions = [c for c in self.captions if self._by_id[c.video_id].split == split]
+            return SplitColumns(videos, IdColumn.of(c.caption_id for c in captions), StringColumn.of(c.text for c in captions),
+                                videos.positions(IdColumn.of(c.video_id for c in captions)))
+        return _streamed_split(self.root, self.allowed, split, self.index())
+
+    def index(self) -> ManifestIndex:
+        if self._index is None:
+            self._index = check_manifest(self.root, self.allowed)
+        return self._index
+
+
+def _manifest_hash(videos: Iterable[Video], captions: Iterable[tuple[str, str, str]], mode: str) -> str:
+    """:func:`teachclip.core.fingerprint.fingerprint` of the manifest document, written piece by piece:
+    ``{"captions": [[id, video, text], ...], "version": V, "videos": [[id, split, identity(, clip)], ...]}``
+    with captions sorted by id and videos by id (sorted keys, no whitespace, ASCII: canonical JSON)."""
+    digest = hashlib.sha256(b"manifest\0")
+    digest.update(b'{"captions":[')
+    for i, caption in enumerate(captions):
+        digest.update((b"," if i else b"") + canonical_json(list(caption)).encode())
+    digest.update(b'],"version":' + canonical_json(MANIFEST_FINGERPRINT_VERSION).encode() + b',"videos":[')
+    for i, video in enumerate(videos):
+        entry = [video.video_id, video.split, _file_identity(video.path, mode)]
+        if video.start is not None or video.end is not None:
+            entry.append([video.start, video.end])  # only clipped videos change the hash format
+        digest.update((b"," if i else b"") + canonical_json(entry).encode())
+    digest.update(b"]}")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SplitColumns:
+    """One split of a manifest as columns: its video ids (sorted), its captions in manifest order and
+    the position of each caption's video among ``video_ids``."""
+
+    video_ids: IdColumn
+    caption_ids: IdColumn
+    texts: StringColumn
+    caption_video: np.ndarray  # int64 [captions]
+
+
+@dataclass(frozen=True, eq=False)
+class CaptionGroups:
+    """Each training video's captions as two arrays instead of a list per video (millions of videos):
+    video ``v``'s caption positions are ``members[starts[v]:starts[v + 1]]``, in manifest order."""
+
+    starts: np.ndarray  # int64 [videos + 1]
+    members: np.ndarray  # int64 [captions], grouped by video
+
+    @classmethod
+    def of(cls, caption_video: np.ndarray, n_videos: int, keep: np.ndarray | None = None) -> CaptionGroups:
+        """From each caption's video position (``SplitData.caption_video``); ``keep``: bool per caption."""
+        captions = np.arange(len(caption_video), dtype=np.int64)
+        if keep is not None:
+            captions = captions[keep]
+        members = captions[np.argsort(caption_video[captions], kind="stable")]
+        starts = np.searchsorted(caption_video[members], np.arange(n_videos + 1)).astype(np.int64)
+        return cls(starts, members)
+
+    @classmethod
+    def coerce(cls, groups: CaptionGroups | Sequence[Sequence[int]]) -> CaptionGroups:
+        """``groups`` itself, or the groups of a list of caption lists (one per video)."""
+        if isinstance(groups, CaptionGroups):
+            return groups
+        counts = np.array([len(c) for c in groups], dtype=np.int64)
+        members = np.fromiter((c for captions in groups for c in captions), dtype=np.int64, count=int(counts.sum()))
+        return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), members)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def tolist(self) -> list[list[int]]:
+        return [self[v].tolist() for v in range(len(self))]
+
+    def __getitem__(self, video: int) -> np.ndarray:
+        return self.members[self.starts[video] : self.starts[video + 1]]
+
+    @property
+    def counts(self) -> np.ndarray:
+        counts = np.diff(self.starts)
+        if (counts == 0).any():
+            raise ValueError(f"video position {int(np.argmin(counts))} has no captions")
+        return counts
+
+    def draw(self, videos: np.ndarray, choice: np.ndarray) -> np.ndarray:
+        """The ``choice``-th caption of each of ``videos``."""
+        return self.members[self.starts[videos] + choice]
 
 
 @dataclass(frozen=True)
 class SplitData:
-    """The videos of one split that a frames store decoded, and their captions.
+    """The videos of one split that a frames store decoded, and their captions, as columns (no object
+    per row: :mod:`teachclip.core.columns`).
 
-    ``video_ids`` are sorted (the frames store's order); ``captions`` keep manifest order (the order
+    ``video_ids`` are sorted (the frames store's order); captions keep manifest order (the order
     the training sampler draws from; the teacher cache sorts its rows by caption id itself).
     """
 
     split: str
-    video_ids: list[str]
+    video_ids: IdColumn
     store_rows: np.ndarray  # int64 [videos]: row of each video in the frames store
-    caption_ids: list[str]
-    texts: list[str]
-    caption_video_ids: list[str]  # each caption's own video
+    caption_ids: IdColumn
+    texts: StringColumn
     caption_video: np.ndarray  # int64 [captions]: position of each caption's video in video_ids
-    captions_of_video: list[list[int]]  # caption positions of each video (the sampler's input)
     excluded_video_ids: list[str]  # failed decodes (and, with require_captions, videos without captions)
+
+    @property
+    def caption_video_ids(self) -> IdColumn:
+        """Each caption's own video id."""
+        return IdColumn(self.video_ids.array[self.caption_video])
+
+    @property
+    def captions_of_video(self) -> CaptionGroups:
+        """Each video's captions (what a training sampler draws from)."""
+        return CaptionGroups.of(self.caption_video, len(self.video_ids))
 
 
 def split_data(manifest: Manifest, split: str, store_video_ids: Sequence[str], store_valid: Sequence[bool],
                *, require_captions: bool = False, min_videos: int = 1) -> SplitData:
     """The videos of ``split`` that decoded (``store_valid`` of a frames store whose rows are
-    ``store_video_ids``) and the captions of those videos.
+    ``store_video_ids``, sorted) and the captions of those videos.
 
     ``require_captions``: leave out videos without a caption too (a training sampler draws one caption
     per video); otherwise they stay, as distractors of retrieval and columns of a teacher cache.
     Refuses a split with fewer than ``min_videos`` such videos, or none of their captions, and a
     store that lacks some of the split's videos (decoded from another manifest).
     """
-    rows = {video_id: row for row, video_id in enumerate(store_video_ids)}
-    split_ids = sorted(video.video_id for video in manifest.videos_in(split))
-    if not split_ids:
+    columns = manifest.split_columns(split)
+    if not len(columns.video_ids):
         raise ManifestError(f"{manifest.root}: no videos in split {split!r}")
-    absent = [video_id for video_id in split_ids if video_id not in rows]
-    if absent:
+    store_ids = IdColumn.of(store_video_ids)
+    if not store_ids.is_sorted_unique():
+        raise ManifestError(f"{manifest.root}: the frames store's video ids are not sorted and unique")
+    rows = store_ids.positions(columns.video_ids)
+    if (rows < 0).any():
+        absent = list(columns.video_ids[rows < 0][:3])
         raise ManifestError(
-            f"{manifest.root}: {len(absent)} {split} video(s) are not in the frames store, e.g. {absent[:3]}: "
+            f"{manifest.root}: {int((rows < 0).sum())} {split} video(s) are not in the frames store, e.g. {absent}: "
             f"was it decoded from another manifest?")
-    with_captions = {caption.video_id for caption in manifest.captions_in(split)}
-    kept = [video_id for video_id in split_ids
-            if store_valid[rows[video_id]] and (not require_captions or video_id in with_captions)]
-    if len(kept) < max(min_videos, 1):
-        raise ManifestError(f"{manifest.root}: split {split!r} has {len(kept)} usable video(s) "
+    usable = np.asarray(store_valid, dtype=bool)[rows]
+    if require_captions:
+        usable &= np.bincount(columns.caption_video, minlength=len(rows)) > 0
+    if usable.sum() < max(min_videos, 1):
+        raise ManifestError(f"{manifest.root}: split {split!r} has {int(usable.sum())} usable video(s) "
                             f"(decoded{', with captions' if require_captions else ''}); {max(min_videos, 1)} needed")
-    column = {video_id: position for position, video_id in enumerate(kept)}
-    captions = [caption for caption in manifest.captions_in(split) if caption.video_id in column]
-    if not captions:
+    position = np.cumsum(usable) - 1  # new position of each kept video
+    caption_kept = usable[columns.caption_video]
+    if not caption_kept.any():
         raise ManifestError(f"{manifest.root}: no captions of decoded videos in split {split!r}")
-    caption_video = np.array([column[caption.video_id] for caption in captions], dtype=np.int64)
-    captions_of_video: list[list[int]] = [[] for _ in kept]
-    for position, video in enumerate(caption_video.tolist()):
-        captions_of_video[video].append(position)
+    kept_captions = np.flatnonzero(caption_kept)
     return SplitData(
         split=split,
-        video_ids=kept,
-        store_rows=np.array([rows[video_id] for video_id in kept], dtype=np.int64),
-        caption_ids=[caption.caption_id for caption in captions],
-        texts=[caption.text for caption in captions],
-        caption_video_ids=[caption.video_id for caption in captions],
-        caption_video=caption_video,
-        captions_of_video=captions_of_video,
-        excluded_video_ids=[video_id for video_id in split_ids if video_id not in column],
+        video_ids=columns.video_ids[usable],
+        store_rows=rows[usable],
+        caption_ids=columns.caption_ids[kept_captions],
+        texts=columns.texts.select(kept_captions),
+        caption_video=position[columns.caption_video[kept_captions]].astype(np.int64),
+        excluded_video_ids=list(columns.video_ids[~usable]),
     )
 
 
@@ -245,26 +362,17 @@ def _seconds(cell: str | None, path: Path, line: int, column: str) -> float | No
     return value
 
 
-def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Manifest:
-    """Load and validate a manifest directory."""
-    root = Path(directory).resolve()
-    if not root.is_dir():
-        raise ManifestError(f"{directory}: manifest directory not found")
-    allowed = tuple(splits)
-    videos_csv, captions_csv = root / "videos.csv", root / "captions.csv"
-
-    videos: list[Video] = []
-    seen_videos: dict[str, int] = {}
+def _video_rows(root: Path, allowed: tuple[str, ...]) -> Iterator[tuple[int, Video]]:
+    """Every row of ``videos.csv`` as (line, Video), each row checked on its own."""
+    videos_csv = root / "videos.csv"
     for line, row in iter_csv_table(videos_csv, VIDEO_COLUMNS):
         video_id = (row["video_id"] or "").strip()
         path = (row["path"] or "").strip()
         split = (row["split"] or "").strip()
         if not video_id:
             raise ManifestError(f"{videos_csv}:{line}: empty video_id")
-        if video_id in seen_videos:
-            raise ManifestError(
-                f"{videos_csv}:{line}: duplicate video_id {video_id!r} (first on line {seen_videos[video_id]})"
-            )
+        if "\x00" in video_id:
+            raise ManifestError(f"{videos_csv}:{line}: video_id {video_id!r} contains a NUL character")
         if not path:
             raise ManifestError(f"{videos_csv}:{line}: empty path for video {video_id!r}")
         if split not in allowed:
@@ -275,37 +383,158 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS) -> Mani
         end = _seconds(row.get("end"), videos_csv, line, "end")
         if start is not None and end is not None and end <= start:
             raise ManifestError(f"{videos_csv}:{line}: clip end {end} is not after start {start}")
-        seen_videos[video_id] = line
         resolved = Path(path) if os.path.isabs(path) else root / path
         split = allowed[allowed.index(split)]  # one string object per split, not one per row
-        videos.append(Video(video_id, str(resolved), split, start, end))
-    if not videos:
-        raise ManifestError(f"{videos_csv}: no videos")
+        yield line, Video(video_id, str(resolved), split, start, end)
 
-    captions: list[Caption] = []
-    seen_captions: dict[str, int] = {}
-    video_by_id = {video.video_id: video for video in videos}  # also the manifest's index
-    del seen_videos  # its line numbers only served the duplicate check; free it before the captions
+
+def _caption_rows(root: Path) -> Iterator[tuple[int, str, str, str]]:
+    """Every row of ``captions.csv`` as (line, caption_id, video_id, text), each row checked on its own."""
+    captions_csv = root / "captions.csv"
     for line, row in iter_csv_table(captions_csv, CAPTION_COLUMNS):
         caption_id = (row["caption_id"] or "").strip()
         video_id = (row["video_id"] or "").strip()
         text = (row["text"] or "").strip()
         if not caption_id:
             raise ManifestError(f"{captions_csv}:{line}: empty caption_id")
-        if caption_id in seen_captions:
-            raise ManifestError(
-                f"{captions_csv}:{line}: duplicate caption_id {caption_id!r} (first on line {seen_captions[caption_id]})"
-            )
-        if video_id not in video_by_id:
-            raise ManifestError(
-                f"{captions_csv}:{line}: caption {caption_id!r} refers to unknown video {video_id!r}"
-            )
+        if "\x00" in caption_id:
+            raise ManifestError(f"{captions_csv}:{line}: caption_id {caption_id!r} contains a NUL character")
         if not text:
             raise ManifestError(f"{captions_csv}:{line}: empty text for caption {caption_id!r}")
-        seen_captions[caption_id] = line
-        # the video's own id object: a caption row's copy of the id would be one more string per caption
-        captions.append(Caption(caption_id, video_by_id[video_id].video_id, text))
-    return Manifest(root, videos, captions, video_by_id)
+        yield line, caption_id, video_id, text
+
+
+def _chunks(rows: Iterable[Any], size: int = _CHUNK_ROWS) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _duplicate_error(path: Path, rows: Iterable[tuple[int, str]], repeated: IdColumn, what: str) -> ManifestError:
+    """The error for the first repeated id in file order (a second pass over the file, errors only)."""
+    wanted, first = set(repeated), {}
+    for line, value in rows:
+        if value in wanted:
+            if value in first:
+                return ManifestError(f"{path}:{line}: duplicate {what} {value!r} (first on line {first[value]})")
+            first[value] = line
+    return ManifestError(f"{path}: duplicate {what}(s) {list(repeated[:3])} (the file changed while it was read?)")
+
+
+@dataclass(frozen=True)
+class ManifestIndex:
+    """What the checks of a whole manifest leave: every video id (sorted) and its split; whether
+    each file lists its rows sorted by id (then :meth:`Manifest.fingerprint` streams it as it is)."""
+
+    video_ids: IdColumn
+    video_split: np.ndarray  # uint8 [videos]: index into the allowed splits
+    videos_sorted: bool
+    captions_sorted: bool
+
+    def split_of(self, video_ids: IdColumn, path: Path, lines: Sequence[int], caption_ids: Sequence[str]) -> np.ndarray:
+        """(positions in ``self.video_ids``) of each caption's video; ManifestError for an unknown one."""
+        found = self.video_ids.positions(video_ids)
+        if (found < 0).any():
+            bad = int(np.argmax(found < 0))
+            raise ManifestError(f"{path}:{lines[bad]}: caption {caption_ids[bad]!r} refers to unknown video "
+                                f"{video_ids[bad]!r}")
+        return found
+
+
+def check_manifest(root: Path, allowed: tuple[str, ...] = SPLITS) -> ManifestIndex:
+    """Check every row of a manifest directory and the relations between rows (unique ids, every
+    caption's video listed), holding columns of ids only (:mod:`teachclip.core.columns`), never an
+    object per row. ManifestError names the file, the line and the reason."""
+    videos_csv, captions_csv = root / "videos.csv", root / "captions.csv"
+    id_parts, split_parts, videos_sorted, last = [], [], True, None
+    for chunk in _chunks(_video_rows(root, allowed)):
+        ids = IdColumn.of(video.video_id for _, video in chunk)
+        id_parts.append(ids.array)
+        split_parts.append(np.array([allowed.index(video.split) for _, video in chunk], dtype=np.uint8))
+        videos_sorted = videos_sorted and ids.is_sorted_unique() and (last is None or ids.array[0] > last)
+        last = ids.array[-1]
+    if not id_parts:
+        raise ManifestError(f"{videos_csv}: no videos")
+    file_ids = IdColumn(np.concatenate(id_parts))
+    del id_parts
+    if not videos_sorted and len(repeated := file_ids.repeated()):
+        raise _duplicate_error(videos_csv, ((line, video.video_id) for line, video in _video_rows(root, allowed)),
+                               repeated, "video_id")
+    order = np.argsort(file_ids.array, kind="stable")
+    index = ManifestIndex(IdColumn(file_ids.array[order]), np.concatenate(split_parts)[order], videos_sorted, True)
+    del file_ids, split_parts, order
+    caption_parts, captions_sorted, last = [], True, None
+    for chunk in _chunks(_caption_rows(root)):
+        ids = IdColumn.of(row[1] for row in chunk)
+        index.split_of(IdColumn.of(row[2] for row in chunk), captions_csv, [row[0] for row in chunk], ids)
+        caption_parts.append(ids.array)
+        captions_sorted = captions_sorted and ids.is_sorted_unique() and (last is None or ids.array[0] > last)
+        last = ids.array[-1]
+    if not captions_sorted and caption_parts:
+        repeated = IdColumn(np.concatenate(caption_parts)).repeated()
+        if len(repeated):
+            raise _duplicate_error(captions_csv, ((row[0], row[1]) for row in _caption_rows(root)), repeated,
+                                   "caption_id")
+    return ManifestIndex(index.video_ids, index.video_split, videos_sorted, captions_sorted)
+
+
+def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS, *, keep: Iterable[str] | None = None) -> Manifest:
+    """Load and validate a manifest directory. ``keep``: hold objects only for these splits (every
+    row is still checked); :meth:`Manifest.split_columns` and :meth:`Manifest.fingerprint` read the
+    others from the files."""
+    root = Path(directory).resolve()
+    if not root.is_dir():
+        raise ManifestError(f"{directory}: manifest directory not found")
+    allowed = tuple(splits)
+    kept = None if keep is None else tuple(split for split in allowed if split in set(keep))
+    index = check_manifest(root, allowed)
+    videos = [video for _, video in _video_rows(root, allowed) if kept is None or video.split in kept]
+    video_by_id = {video.video_id: video for video in videos}  # also the manifest's index
+    captions: list[Caption] = []
+    for line, caption_id, video_id, text in _caption_rows(root):
+        video = video_by_id.get(video_id)
+        if video is None and kept is None:  # the file changed since it was checked
+            raise ManifestError(f"{root / 'captions.csv'}:{line}: caption {caption_id!r} refers to unknown video "
+                                f"{video_id!r}")
+        if video is not None:  # the video's own id object: a caption's copy would be one more string per caption
+            captions.append(Caption(caption_id, video.video_id, text))
+    return Manifest(root, videos, captions, video_by_id, kept, allowed, index)
+
+
+def _streamed_split(root: Path, allowed: tuple[str, ...], split: str, index: ManifestIndex) -> SplitColumns:
+    """:meth:`Manifest.split_columns` read from the files: ids, texts and positions as columns."""
+    code = allowed.index(split)
+    video_ids = IdColumn(index.video_ids.array[index.video_split == code])
+    id_parts, text_parts, video_parts = [], [], []
+    for chunk in _chunks(_caption_rows(root)):
+        found = index.split_of(IdColumn.of(row[2] for row in chunk), root / "captions.csv", [row[0] for row in chunk],
+                               [row[1] for row in chunk])
+        mine = np.flatnonzero(index.video_split[found] == code)
+        if len(mine):
+            id_parts.append(IdColumn.of(chunk[i][1] for i in mine).array)
+            text_parts.append(StringColumn.of(chunk[i][3] for i in mine))
+            video_parts.append(video_ids.positions(IdColumn(index.video_ids.array[found[mine]])))
+    if not id_parts:
+        return SplitColumns(video_ids, IdColumn.of([]), StringColumn.of([]), np.zeros(0, dtype=np.int64))
+    return SplitColumns(video_ids, IdColumn(np.concatenate(id_parts)), StringColumn.concat(text_parts),
+                        np.concatenate(video_parts))
+
+
+def _streamed_fingerprint(root: Path, allowed: tuple[str, ...], mode: str, index: ManifestIndex) -> str:
+    """:meth:`Manifest.fingerprint` read from the files: in file order when a file is sorted by id
+    (nothing held), else sorted in memory."""
+    videos = (video for _, video in _video_rows(root, allowed))
+    captions = ((row[1], row[2], row[3]) for row in _caption_rows(root))
+    if not index.videos_sorted:
+        videos = iter(sorted(videos, key=lambda v: v.video_id))
+    if not index.captions_sorted:
+        captions = iter(sorted(captions))
+    return _manifest_hash(videos, captions, mode)
 
 
 def write_manifest(

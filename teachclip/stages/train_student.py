@@ -50,9 +50,9 @@ Output directory::
 
 from __future__ import annotations
 
-import itertools
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,11 +80,16 @@ from teachclip.stores import open_for_manifest
 from teachclip.stores.caption_mask import load_caption_mask
 from teachclip.stores.teacher_cache import GroupReader, SparseGroup, open_teacher_caches
 from teachclip.training.batches import (
+    Batch,
+    CaptionGroups,
     candidate_batches,
     caption_per_video_batches,
+    epoch_size,
     frames_batches,
     mask_captions,
     neighbourhood_batches,
+    prefetched,
+    read_frames,
     training_data,
     training_neighbours,
 )
@@ -284,14 +289,15 @@ def precompute_frozen_inputs(student: Student, store, data: SplitData, device: t
     return FrozenInputs(torch.cat(text), torch.cat(features), torch.cat(masks))
 
 
-def masked_captions(mask_path: str | None, data: SplitData, verbose: bool) -> list[list[int]]:
+def masked_captions(mask_path: str | None, data: SplitData, verbose: bool) -> CaptionGroups:
     """The sampler's captions per video: all of them, or those a ``teach audit-captions`` mask keeps
     (a video whose every caption is masked keeps all of them, and is named)."""
+    groups = data.captions_of_video
     if mask_path is None:
-        return data.captions_of_video
-    sampled, fallback = mask_captions(data.captions_of_video, data.caption_ids, load_caption_mask(mask_path))
+        return groups
+    sampled, fallback = mask_captions(groups, data.caption_ids, load_caption_mask(mask_path))
     if verbose:
-        dropped = sum(map(len, data.captions_of_video)) - sum(map(len, sampled))
+        dropped = len(groups.members) - len(sampled.members)
         print(f"caption mask {mask_path}: {dropped} of {len(data.caption_ids)} training captions masked"
               + (f"; {len(fallback)} video(s) with every caption masked keep theirs: "
                  f"{', '.join(data.video_ids[v] for v in fallback[:10])}" if fallback else ""), file=sys.stderr)
@@ -319,7 +325,8 @@ def train_student(
     rank, world, device = init_distributed(compute.device)
     out = Path(out)
     checkpoint = out / CHECKPOINT_DIR
-    manifest = load_manifest(manifest_dir)
+    # objects for the evaluation split only: the training split is read as columns (split_data)
+    manifest = load_manifest(manifest_dir, keep=[evaluate_config.split])
     store = open_for_manifest(frames, manifest)
     data = training_data(store, manifest)
     sampled_captions = masked_captions(config.caption_mask, data, rank == 0)
@@ -350,7 +357,7 @@ def train_student(
             raise TrainStudentError(f"sampler {config.sampler!r} needs a (sparse) teacher cache")
         neighbours = training_neighbours(chosen[0].group, chosen[0].rows, chosen[0].cols)
 
-    def epoch_batches(epoch: int):
+    def epoch_batches(epoch: int) -> Iterator[Batch]:
         if config.sampler == "candidates":
             batches = candidate_batches(sampled_captions, neighbours, config.batch_size, config.hard_fraction,
                                         config.seed, epoch)
@@ -358,9 +365,10 @@ def train_student(
             batches = neighbourhood_batches(sampled_captions, neighbours, config.batch_size, config.seed, epoch)
         else:
             batches = caption_per_video_batches(sampled_captions, config.batch_size, config.seed, epoch)
-        return [b for b in batches if len(b.videos) >= world]  # every rank needs at least one video
+        return (b for b in batches if len(b.videos) >= world)  # every rank needs at least one video
 
-    scheduler = warmup_cosine(optimizer, len(epoch_batches(0)) * config.epochs, config.warmup_fraction)
+    steps_per_epoch = epoch_size(len(data.video_ids), config.batch_size, world)
+    scheduler = warmup_cosine(optimizer, steps_per_epoch * config.epochs, config.warmup_fraction)
     scaler = grad_scaler(device, amp)
     identity = {
         "train": config.model_dump(mode="json", exclude=RESUME_FREE_FIELDS),
@@ -376,16 +384,17 @@ def train_student(
     with progress_bar(progress and rank == 0) as bar:
         for epoch in range(start_epoch, config.epochs):
             student.train()
-            batches = epoch_batches(epoch)
-            parts = [rank_slice(len(b.videos), world, rank) for b in batches]
+            planned = ((b, *rank_slice(len(b.videos), world, rank)) for b in epoch_batches(epoch))
             if frozen is None or frozen.frame_features is None:  # each rank reads its own slice only
-                reader = frames_batches(store, [data.store_rows[b.videos[s]] for b, (s, _) in zip(batches, parts, strict=True)],
-                                        config.prefetch)
+                stream = prefetched(planned, lambda item: read_frames(store, data.store_rows[item[0].videos[item[1]]]),
+                                    config.prefetch)
             else:
-                reader = itertools.repeat((None, None), len(batches))
+                stream = ((item, (None, None)) for item in planned)
             running = RunningLosses()
-            task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(batches), status="")
-            for batch, (local, sizes), (frames_local, mask_local) in zip(batches, parts, reader, strict=True):
+            task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, status="")
+            done = 0
+            for (batch, local, sizes), (frames_local, mask_local) in stream:
+                done += 1
                 captions, videos = batch.captions[local], batch.videos[local]
                 if frozen is None:  # tokenized per batch: nothing per caption is held for the whole run
                     inputs = {"tokens": student.tokenize([data.texts[c] for c in captions]).to(device)}
@@ -405,6 +414,8 @@ def train_student(
                 step += 1
                 running.update({term: value.detach() for term, value in losses.items()})
                 bar.update(task, advance=1, status=running.status())
+            if done != steps_per_epoch:  # the schedule was sized by epoch_size: a sampler broke its rule
+                raise RuntimeError(f"epoch {epoch + 1} gave {done} batches where epoch_size says {steps_per_epoch}")
 
             row: dict[str, Any] = {"epoch": epoch + 1, "step": step, **running.means(),
                                    "logit_scale": float(student.logit_scale().detach()),

@@ -5,9 +5,13 @@
   of each batch drawn from the seeds' stored candidates (``train_student.sampler: candidates``);
 - :func:`neighbourhood_batches`: the same, grown from a sparse teacher cache's neighbourhoods so that
   more in-batch soft labels are known (``train_student.sampler: neighbourhood``);
-- :func:`mask_captions`: the caption lists without the captions a caption-audit mask flags;
-- :func:`frames_batches`: frames (or frame features) of a sequence of batches, the next one read in a
-  background thread.
+- :func:`mask_captions`: the caption groups without the captions a caption-audit mask flags;
+- :func:`prefetched` / :func:`frames_batches`: frames (or frame features) of a sequence of batches,
+  the next one drawn and read in a background thread.
+
+What a sampler holds per training video or caption is a few numpy integers (:class:`CaptionGroups`,
+the shuffled order, the drawn captions); the candidates sampler reads the cache's candidate lists
+one batch at a time (:class:`StoredNeighbours`).
 
 Every sampler is a pure function of ``(seed, epoch)`` (its own generator, no global RNG), so a resumed
 run sees exactly the batches of an uninterrupted one.
@@ -15,15 +19,15 @@ run sees exactly the batches of an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from teachclip.core.manifest import Manifest, SplitData, split_data
+from teachclip.core.manifest import CaptionGroups, Manifest, SplitData, split_data
 from teachclip.stores.caption_mask import CaptionMaskError
 from teachclip.stores.teacher_cache import GroupReader, SparseGroup, TeacherCacheError
 
@@ -34,6 +38,14 @@ def training_data(store: Any, manifest: Manifest, split: str = "train") -> Split
     return split_data(manifest, split, store.video_ids, store.valid, require_captions=True, min_videos=2)
 
 
+def epoch_size(n_videos: int, batch_size: int, min_videos: int = 2) -> int:
+    """How many batches every sampler here gives: each batch is full until the videos run out, and
+    a last batch of fewer than ``min_videos`` is dropped (the samplers drop one of 1; a run on N
+    ranks drops fewer than N). Known before the batches are drawn: the learning-rate schedule's length."""
+    full, rest = divmod(n_videos, batch_size)
+    return full + int(rest >= max(min_videos, 2))
+
+
 @dataclass(frozen=True)
 class Batch:
     videos: np.ndarray  # positions in the training video list, each at most once per epoch
@@ -41,7 +53,7 @@ class Batch:
 
 
 def caption_per_video_batches(
-    captions_of_video: Sequence[Sequence[int]], batch_size: int, seed: int, epoch: int
+    captions_of_video: CaptionGroups | Sequence[Sequence[int]], batch_size: int, seed: int, epoch: int
 ) -> list[Batch]:
     """CLIP4Clip's epoch: every video once, in a shuffled order, with one of its captions.
 
@@ -49,13 +61,12 @@ def caption_per_video_batches(
     exactly the batches of an uninterrupted one. A last batch of a single video is dropped (InfoNCE
     needs negatives). Videos without captions must not be passed.
     """
-    counts = np.array([len(c) for c in captions_of_video], dtype=np.int64)
-    if (counts == 0).any():
-        raise ValueError(f"video position {int(np.argmin(counts))} has no captions")
+    groups = CaptionGroups.coerce(captions_of_video)
+    counts = groups.counts
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(counts))
     choice = rng.integers(0, counts[order])
-    captions = np.array([captions_of_video[v][c] for v, c in zip(order, choice, strict=True)], dtype=np.int64)
+    captions = groups.draw(order, choice)
     batches = [
         Batch(order[start : start + batch_size], captions[start : start + batch_size])
         for start in range(0, len(order), batch_size)
@@ -63,44 +74,79 @@ def caption_per_video_batches(
     return [batch for batch in batches if len(batch.videos) >= 2]
 
 
-def frames_batches(
-    store, indices: Sequence[np.ndarray], prefetch: bool = True
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(frames uint8 [n, T, H, W, 3], mask bool [n, T])`` for each index array, read from a
-    FramesStore; with ``prefetch`` the next batch is read in a background thread while the caller
-    computes on the current one (zarr decompression releases the GIL)."""
+T = TypeVar("T")
+R = TypeVar("R")
 
-    def read(batch_indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        frames, mask = store.read(np.asarray(batch_indices))
-        return torch.from_numpy(np.ascontiguousarray(frames)), torch.from_numpy(np.asarray(mask, dtype=bool))
 
+def prefetched(items: Iterable[T], read: Callable[[T], R], prefetch: bool = True) -> Iterator[tuple[T, R]]:
+    """``(item, read(item))`` for each of ``items``; with ``prefetch`` the next item is drawn and read in
+    a background thread while the caller computes on the current one (zarr decompression releases
+    the GIL). ``items`` may be a generator: nothing is drawn ahead but the next one."""
+    items = iter(items)
     if not prefetch:
-        for batch_indices in indices:
-            yield read(batch_indices)
+        for item in items:
+            yield item, read(item)
         return
+
+    def draw_and_read() -> tuple[T, R] | None:
+        item = next(items, _END)
+        return None if item is _END else (item, read(item))
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read, indices[0]) if len(indices) else None
-        for position in range(len(indices)):
-            current = pending.result()
-            if position + 1 < len(indices):
-                pending = pool.submit(read, indices[position + 1])
+        pending = pool.submit(draw_and_read)
+        while (current := pending.result()) is not None:
+            pending = pool.submit(draw_and_read)
             yield current
 
 
-def training_neighbours(group: GroupReader, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """int64 [training captions, K]: each training caption's stored neighbours as *training-set video
-    positions* (-1 for a neighbour outside the training set). ``rows``/``cols``: the training set's
-    cache rows and columns."""
-    if not isinstance(group, SparseGroup):
-        raise TeacherCacheError(f"{group.path}: the neighbourhood sampler needs a sparse teacher cache "
-                                f"(`teach cache sparsify`)")
-    position_of_column = np.full(group.layout.n_videos, -1, dtype=np.int64)
-    position_of_column[cols] = np.arange(len(cols))
-    return position_of_column[group.neighbours(rows)[0]]
+_END: Any = object()
 
 
-def candidate_batches(captions_of_video: Sequence[Sequence[int]], neighbours: np.ndarray, batch_size: int,
-                      hard_fraction: float, seed: int, epoch: int) -> list[Batch]:
+def frames_batches(
+    store, indices: Iterable[np.ndarray], prefetch: bool = True
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(frames uint8 [n, T, H, W, 3], mask bool [n, T])`` for each index array, read from a
+    FramesStore (the next batch in a background thread with ``prefetch``: :func:`prefetched`)."""
+    for _, frames in prefetched(indices, lambda batch_indices: read_frames(store, batch_indices), prefetch):
+        yield frames
+
+
+def read_frames(store, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    frames, mask = store.read(np.asarray(indices))
+    return torch.from_numpy(np.ascontiguousarray(frames)), torch.from_numpy(np.asarray(mask, dtype=bool))
+
+
+class StoredNeighbours:
+    """Each training caption's stored candidates as *training-set video positions* (-1 for a
+    neighbour outside the training set), read from the sparse group when a sampler asks:
+    ``neighbours[captions]`` is int64 [len(captions), K]. Holds 4 bytes per cache column."""
+
+    def __init__(self, group: GroupReader, rows: np.ndarray, cols: np.ndarray):
+        if not isinstance(group, SparseGroup):
+            raise TeacherCacheError(f"{group.path}: the candidates and neighbourhood samplers need a sparse teacher "
+                                    f"cache (`teach cache sparsify` or `extract.candidates`)")
+        self.group, self.rows = group, rows
+        self.position_of_column = np.full(group.layout.n_videos, -1, dtype=np.int32)
+        self.position_of_column[cols] = np.arange(len(cols))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, captions: Any) -> np.ndarray:
+        return self.position_of_column[self.group.neighbours(self.rows[captions])[0]].astype(np.int64)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self[np.arange(len(self))], dtype=dtype)
+
+
+def training_neighbours(group: GroupReader, rows: np.ndarray, cols: np.ndarray) -> StoredNeighbours:
+    """Each training caption's stored neighbours (:class:`StoredNeighbours`). ``rows``/``cols``: the
+    training set's cache rows and columns."""
+    return StoredNeighbours(group, rows, cols)
+
+
+def candidate_batches(captions_of_video: CaptionGroups | Sequence[Sequence[int]], neighbours: Any, batch_size: int,
+                      hard_fraction: float, seed: int, epoch: int) -> Iterator[Batch]:
     """Every video once per epoch with one of its captions, in batches of *seeds* and *candidates*.
 
     A batch takes ``max(1, batch_size - round(hard_fraction * batch_size))`` seed videos, the next
@@ -115,19 +161,28 @@ def candidate_batches(captions_of_video: Sequence[Sequence[int]], neighbours: np
     the losses mask them); 1 gives one seed and its neighbourhood (every negative hard: what made
     the ``neighbourhood`` sampler hurt). In between, each seed caption is scored against its known
     candidates (hard negatives with exact teacher scores) *and* still meets random easy negatives
-    in InfoNCE. A pure function of ``(seed, epoch)``; a last batch of a single video is dropped."""
-    counts = np.array([len(c) for c in captions_of_video], dtype=np.int64)
-    if (counts == 0).any():
-        raise ValueError(f"video position {int(np.argmin(counts))} has no captions")
+    in InfoNCE. A pure function of ``(seed, epoch)``; a last batch of a single video is dropped.
+
+    A generator: ``neighbours`` (an array, or :class:`StoredNeighbours` reading the cache) is asked
+    for one batch's seeds at a time, so an epoch of millions of captions never holds their
+    candidates; :func:`epoch_size` gives the number of batches beforehand."""
+    groups = CaptionGroups.coerce(captions_of_video)
+    groups.counts  # noqa: B018 (raises for a video without captions, before the first batch is asked for)
     if not 0 <= hard_fraction <= 1:
         raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
+    return _candidate_batches(groups, neighbours, batch_size, hard_fraction, seed, epoch)
+
+
+def _candidate_batches(groups: CaptionGroups, neighbours: Any, batch_size: int, hard_fraction: float, seed: int,
+                       epoch: int) -> Iterator[Batch]:
+    counts = groups.counts
     rng = np.random.default_rng([seed, epoch, 2])
     order = rng.permutation(len(counts))
     choice = rng.integers(0, counts)
-    caption_of = np.array([captions_of_video[v][c] for v, c in enumerate(choice)], dtype=np.int64)
+    caption_of = groups.draw(np.arange(len(counts)), choice)
     n_seeds = max(1, batch_size - round(hard_fraction * batch_size))
     used = np.zeros(len(counts), dtype=bool)
-    batches, cursor = [], 0
+    cursor = 0
 
     def next_unused() -> int | None:
         nonlocal cursor
@@ -152,11 +207,10 @@ def candidate_batches(captions_of_video: Sequence[Sequence[int]], neighbours: np
             members.append(video)
         if len(members) >= 2:
             videos = np.array(members, dtype=np.int64)
-            batches.append(Batch(videos, caption_of[videos]))
-    return batches
+            yield Batch(videos, caption_of[videos])
 
 
-def neighbourhood_batches(captions_of_video: Sequence[Sequence[int]], neighbours: np.ndarray, batch_size: int,
+def neighbourhood_batches(captions_of_video: CaptionGroups | Sequence[Sequence[int]], neighbours: Any, batch_size: int,
                           seed: int, epoch: int) -> list[Batch]:
     """Every video once per epoch with one of its captions (as :func:`caption_per_video_batches`), but a
     batch is grown greedily from an anchor so that the teacher's scores of most in-batch pairs are
@@ -166,15 +220,18 @@ def neighbourhood_batches(captions_of_video: Sequence[Sequence[int]], neighbours
     the unused videos that a member's drawn caption lists, add the one that makes the most new pairs
     known, ``#members listing it + #members its own drawn caption lists`` (ties: the lower position).
     When no member lists an unused video, the batch continues from the next unused anchor of a
-    shuffled order. A last batch of a single video is dropped (InfoNCE needs negatives)."""
-    counts = np.array([len(c) for c in captions_of_video], dtype=np.int64)
-    if (counts == 0).any():
-        raise ValueError(f"video position {int(np.argmin(counts))} has no captions")
+    shuffled order. A last batch of a single video is dropped (InfoNCE needs negatives).
+
+    Unlike the other samplers it plans the whole epoch over every video's neighbour lists (Python
+    lists: not for collections of millions; ``candidates`` is the sampler for those)."""
+    groups = CaptionGroups.coerce(captions_of_video)
+    counts = groups.counts
     rng = np.random.default_rng([seed, epoch, 1])
     order = rng.permutation(len(counts))
     choice = rng.integers(0, counts)
-    caption_of = np.array([captions_of_video[v][c] for v, c in enumerate(choice)], dtype=np.int64)
-    listed = [[int(v) for v in neighbours[caption_of[video]] if v >= 0] for video in range(len(counts))]
+    caption_of = groups.draw(np.arange(len(counts)), choice)
+    drawn_neighbours = np.asarray(neighbours[caption_of])
+    listed = [[int(v) for v in drawn_neighbours[video] if v >= 0] for video in range(len(counts))]
     listers: list[list[int]] = [[] for _ in range(len(counts))]  # videos whose drawn caption lists this one
     for video, targets in enumerate(listed):
         for target in targets:
@@ -208,18 +265,19 @@ def neighbourhood_batches(captions_of_video: Sequence[Sequence[int]], neighbours
             batches.append(Batch(videos, caption_of[videos]))
 
 
-def mask_captions(captions_of_video: Sequence[Sequence[int]], caption_ids: Sequence[str],
-                  keep: dict[str, bool]) -> tuple[list[list[int]], list[int]]:
-    """The sampler's caption lists with masked captions removed, and the positions of the videos whose
+def mask_captions(captions_of_video: CaptionGroups | Sequence[Sequence[int]], caption_ids: Sequence[str],
+                  keep: dict[str, bool]) -> tuple[CaptionGroups, list[int]]:
+    """The sampler's caption groups with masked captions removed, and the positions of the videos whose
     every caption is masked (they keep all of theirs: dropping a video is another decision than
     dropping a caption). Captions absent from the mask are kept."""
+    groups = CaptionGroups.coerce(captions_of_video)
+    kept = np.fromiter((keep.get(caption_id, True) for caption_id in caption_ids), dtype=bool, count=len(caption_ids))
     if not any(caption_id in keep for caption_id in caption_ids):
         raise CaptionMaskError("the caption mask names none of the training captions: it belongs to another dataset")
-    masked, fallback = [], []
-    for position, captions in enumerate(captions_of_video):
-        kept = [c for c in captions if keep.get(caption_ids[c], True)]
-        if not kept:
-            fallback.append(position)
-            kept = list(captions)
-        masked.append(kept)
-    return masked, fallback
+    video_of = np.repeat(np.arange(len(groups)), np.diff(groups.starts))
+    kept_per_video = np.bincount(video_of, weights=kept[groups.members], minlength=len(groups))
+    fallback = np.flatnonzero(kept_per_video == 0)
+    kept[groups.members[np.isin(video_of, fallback)]] = True  # such a video keeps every caption
+    members = groups.members[kept[groups.members]]
+    counts = np.bincount(video_of[kept[groups.members]], minlength=len(groups))
+    return CaptionGroups(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), members), fallback.tolist()
