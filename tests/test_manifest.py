@@ -255,3 +255,124 @@ def test_fingerprint_rejects_unknown_mode(tmp_path):
     manifest = load_manifest(make_manifest(tmp_path / "a"))
     with pytest.raises(ValueError, match="unknown fingerprint mode"):
         manifest.fingerprint("fast")
+
+
+# ---- columns: a manifest of millions of rows without an object per row ---------------------------------
+
+
+def shuffled_manifest(root: Path, n: int = 300, seed: int = 0) -> Path:
+    """``n`` videos in three splits (some clipped, some files missing) and 1-3 captions each, rows in a
+    random order (so the fingerprint cannot stream them as they are)."""
+    import random
+
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    (root / "videos").mkdir()
+    videos, captions = [], []
+    for i in range(n):
+        video_id = f"vid-{rng.randrange(10**6):06d}-{i}" + ("é" if i % 7 == 0 else "")
+        if i % 3:
+            (root / "videos" / f"{i}.mp4").write_bytes(os.urandom(16))
+        clip = (f"{i % 5}", f"{i % 5 + 3.5}") if i % 4 == 0 else ("", "")
+        videos.append((video_id, f"videos/{i}.mp4", ("train", "val", "test")[i % 3], *clip))
+        for c in range(1 + i % 3):
+            captions.append((f"cap-{rng.randrange(10**6)}-{i}-{c}", video_id, f"text {i}, \"{c}\" ünï"))
+    rng.shuffle(videos)
+    rng.shuffle(captions)
+    import csv
+
+    with open(root / "videos.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("video_id", "path", "split", "start", "end"), *videos])
+    with open(root / "captions.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("caption_id", "video_id", "text"), *captions])
+    return root
+
+
+def reference_fingerprint(manifest, mode: str) -> str:
+    """The manifest fingerprint's definition, written out as one document (what stores recorded)."""
+    from teachclip.core.fingerprint import fingerprint
+    from teachclip.core.manifest import MANIFEST_FINGERPRINT_VERSION, _file_identity
+
+    entries = []
+    for video in sorted(manifest.videos, key=lambda v: v.video_id):
+        entry = [video.video_id, video.split, _file_identity(video.path, mode)]
+        if video.start is not None or video.end is not None:
+            entry.append([video.start, video.end])
+        entries.append(entry)
+    captions = sorted([c.caption_id, c.video_id, c.text] for c in manifest.captions)
+    return fingerprint("manifest", {"version": MANIFEST_FINGERPRINT_VERSION, "videos": entries, "captions": captions})
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_kept_splits_hold_objects_and_stream_the_rest_with_the_same_results(tmp_path, ordered):
+    root = shuffled_manifest(tmp_path / "m")
+    if ordered:  # sorted files: the fingerprint streams them without sorting anything
+        full = load_manifest(root)
+        write_manifest(tmp_path / "sorted", sorted((v.video_id, str(v.path), v.split) for v in full.videos),
+                       sorted((c.caption_id, c.video_id, c.text) for c in full.captions))
+        root = tmp_path / "sorted"
+    full, test_only = load_manifest(root), load_manifest(root, keep=["test"])
+    assert test_only.index().videos_sorted == test_only.index().captions_sorted == ordered
+    assert {v.split for v in test_only.videos} == {"test"} and test_only.videos_in("test") == full.videos_in("test")
+    assert test_only.captions_in("test") == full.captions_in("test")
+    for mode in ("stat", "content"):
+        assert full.fingerprint(mode) == test_only.fingerprint(mode) == reference_fingerprint(full, mode)
+    for split in ("train", "val", "test"):
+        a, b = full.split_columns(split), test_only.split_columns(split)
+        assert a.video_ids == b.video_ids == sorted(v.video_id for v in full.videos_in(split))
+        assert a.caption_ids == b.caption_ids == [c.caption_id for c in full.captions_in(split)]
+        assert a.texts == b.texts == [c.text for c in full.captions_in(split)]
+        assert a.caption_video.tolist() == b.caption_video.tolist()
+        assert [a.video_ids[i] for i in a.caption_video] == [c.video_id for c in full.captions_in(split)]
+    with pytest.raises(ManifestError, match="split 'train' was not loaded"):
+        test_only.videos_in("train")
+    with pytest.raises(ManifestError, match="not loaded"):
+        test_only.captions_in(None)
+
+
+def test_checks_hold_for_rows_far_apart_in_unsorted_files(tmp_path):
+    root = shuffled_manifest(tmp_path / "m", n=200)
+    lines = (root / "captions.csv").read_text().splitlines()
+    first_id = lines[5].split(",")[0]
+    lines.append(f"{first_id},{lines[9].split(',')[1]},again")
+    lines.append("c-new,nobody,who")
+    (root / "captions.csv").write_text("\n".join(lines) + "\n")
+    error = load_error(root)
+    # the unknown video is on the last line, the duplicate before it: a row's own checks come first, then
+    # the relations, each reported at its line as the row-by-row reader did
+    assert f"captions.csv:{len(lines)}: caption 'c-new' refers to unknown video 'nobody'" in error
+    lines.pop()
+    (root / "captions.csv").write_text("\n".join(lines) + "\n")
+    assert f"captions.csv:{len(lines)}: duplicate caption_id {first_id!r} (first on line 6)" in load_error(root)
+
+
+def test_an_id_with_a_nul_character_is_refused(tmp_path):
+    make_manifest(tmp_path / "m", videos="video_id,path,split\nv\x001,videos/v1.mp4,train\n", captions="caption_id,video_id,text\n")
+    assert "contains a NUL character" in load_error(tmp_path / "m")
+
+
+def test_loading_keeps_no_object_per_row_of_other_splits(tmp_path, monkeypatch):
+    """The objects of a 20,000-video manifest loaded for its 50 test videos: the columns left over (the
+    id index) cost a few bytes per row, not the ~500 of a Video and a Caption; while reading, objects
+    exist for one chunk of rows at a time."""
+    import tracemalloc
+
+    import teachclip.core.manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "_CHUNK_ROWS", 500)
+    root = tmp_path / "m"
+    root.mkdir()
+    n = 20_000
+    with open(root / "videos.csv", "w") as videos, open(root / "captions.csv", "w") as captions:
+        videos.write("video_id,path,split\n")
+        captions.write("caption_id,video_id,text\n")
+        for i in range(n):
+            videos.write(f"video{i:07d},videos/video{i:07d}.mp4,{'test' if i < 50 else 'train'}\n")
+            captions.write(f"video{i:07d}#0,video{i:07d},a person is doing something number {i}\n")
+    tracemalloc.start()
+    manifest = load_manifest(root, keep=["test"])
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(manifest.videos) == 50
+    assert held / n < 30, f"{held / n:.0f} bytes per row held"  # the sorted ids (12) and their split (1)
+    assert peak / n < 80, f"{peak / n:.0f} bytes per row at the peak"  # the id columns while checking

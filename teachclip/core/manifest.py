@@ -35,7 +35,7 @@ SPLITS = ("train", "val", "test")
 VIDEO_COLUMNS = ("video_id", "path", "split")
 CAPTION_COLUMNS = ("caption_id", "video_id", "text")
 MANIFEST_FINGERPRINT_VERSION = 1
-_CHUNK_ROWS = 65_536  # rows checked as one batch of columns: bounds the objects alive while reading
+_CHUNK_ROWS = 16_384  # rows checked as one batch of columns: bounds the objects alive while reading
 
 
 class ManifestError(InputError):
@@ -54,7 +54,7 @@ class Video:
 
     @property
     def path(self) -> Path:
-        return Path(self.path_text)
+        return Path(self.path_text)  # normalised here ("a//b", "a/./b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +363,8 @@ def _seconds(cell: str | None, path: Path, line: int, column: str) -> float | No
 
 
 def _video_rows(root: Path, allowed: tuple[str, ...]) -> Iterator[tuple[int, Video]]:
-    """Every row of ``videos.csv`` as (line, Video), each row checked on its own."""
+    """Every row of ``videos.csv`` as (line, Video), each row checked on its own. The path is joined as
+    text (``pathlib`` would intern every path component in a table that never shrinks)."""
     videos_csv = root / "videos.csv"
     for line, row in iter_csv_table(videos_csv, VIDEO_COLUMNS):
         video_id = (row["video_id"] or "").strip()
@@ -383,9 +384,9 @@ def _video_rows(root: Path, allowed: tuple[str, ...]) -> Iterator[tuple[int, Vid
         end = _seconds(row.get("end"), videos_csv, line, "end")
         if start is not None and end is not None and end <= start:
             raise ManifestError(f"{videos_csv}:{line}: clip end {end} is not after start {start}")
-        resolved = Path(path) if os.path.isabs(path) else root / path
+        resolved = path if os.path.isabs(path) else os.path.join(root, path)
         split = allowed[allowed.index(split)]  # one string object per split, not one per row
-        yield line, Video(video_id, str(resolved), split, start, end)
+        yield line, Video(video_id, resolved, split, start, end)
 
 
 def _caption_rows(root: Path) -> Iterator[tuple[int, str, str, str]]:
@@ -404,11 +405,11 @@ def _caption_rows(root: Path) -> Iterator[tuple[int, str, str, str]]:
         yield line, caption_id, video_id, text
 
 
-def _chunks(rows: Iterable[Any], size: int = _CHUNK_ROWS) -> Iterator[list[Any]]:
+def _chunks(rows: Iterable[Any]) -> Iterator[list[Any]]:
     chunk: list[Any] = []
     for row in rows:
         chunk.append(row)
-        if len(chunk) == size:
+        if len(chunk) == _CHUNK_ROWS:
             yield chunk
             chunk = []
     if chunk:
