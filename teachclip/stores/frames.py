@@ -239,6 +239,10 @@ def _unit(shard: int) -> str:
 class FramesStore:
     """Read access to a finished frames store; ``read`` serves random batches.
 
+    ``video_ids`` is an :class:`~teachclip.core.columns.IdColumn` (the sorted ids in one byte array, a
+    read-only sequence of ``str``), ``valid`` a bool array (False: the decode failed) and ``index``
+    a binary search: the reader holds no Python object per video.
+
     :class:`teachclip.stores.features.FrameFeaturesStore` has the same API and serves per-frame
     embeddings [n, T, d] instead of pixels.
     """
