@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from teachclip.core.columns import IdColumn
 from teachclip.core.errors import InputError
 from teachclip.core.fingerprint import fingerprint
 from teachclip.stores.zarr_io import (
@@ -41,7 +42,7 @@ from teachclip.stores.zarr_io import (
     done_units,
     finalize,
     mark_done,
-    read_strings,
+    read_id_column,
     remove_store,
     write_strings,
 )
@@ -238,6 +239,10 @@ def _unit(shard: int) -> str:
 class FramesStore:
     """Read access to a finished frames store; ``read`` serves random batches.
 
+    ``video_ids`` is an :class:`~teachclip.core.columns.IdColumn` (the sorted ids in one byte array, a
+    read-only sequence of ``str``), ``valid`` a bool array (False: the decode failed) and ``index``
+    a binary search: the reader holds no Python object per video.
+
     :class:`teachclip.stores.features.FrameFeaturesStore` has the same API and serves per-frame
     embeddings [n, T, d] instead of pixels.
     """
@@ -262,25 +267,40 @@ class FramesStore:
         self.size: int = int(self.sampling["size"])
         try:
             self._frames = group[self.data_array]
-            self.video_ids: list[str] = read_strings(group[VIDEO_IDS])
-            self._check_shapes(self._frames.shape, group[MASK].shape)
+            ids_shape = tuple(group[VIDEO_IDS].shape)
+            self._check_shapes(self._frames.shape, group[MASK].shape, ids_shape)
+            # sorted ids in one byte array: no Python object per video (a list and an id -> row dict
+            # were ~150 bytes per video for every process that opened the store)
+            self.video_ids: IdColumn = read_id_column(path / VIDEO_IDS, ids_shape[0])
             self._mask = np.asarray(group[MASK][...], dtype=bool)  # small: kept in memory
         except (KeyError, ValueError, TypeError, OSError) as exc:  # zarr: bad metadata, checksum, truncation
             raise FramesStoreError(f"{path}: unreadable {self.description} ({type(exc).__name__}: {exc})") from exc
+        self._check_ids()
         self.item_shape: tuple[int, ...] = tuple(self._frames.shape[2:])  # (H, W, 3) or (d,)
-        self._positions = {video_id: i for i, video_id in enumerate(self.video_ids)}
-        failed = {record["video_id"] for record in self.failures}
-        self.valid = np.array([video_id not in failed for video_id in self.video_ids], dtype=bool)
+        self.valid = np.ones(len(self.video_ids), dtype=bool)
+        # a failure record naming no video of the store marks nothing (no id holds a NUL character)
+        failed = self.video_ids.positions([r["video_id"] for r in self.failures if "\x00" not in r["video_id"]])
+        self.valid[failed[failed >= 0]] = False
         self._check_contents()
 
-    def _check_shapes(self, data_shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> None:
-        n, t = len(self.video_ids), self.frames_per_video
+    def _check_shapes(self, data_shape: tuple[int, ...], mask_shape: tuple[int, ...],
+                      ids_shape: tuple[int, ...]) -> None:
+        n, t = (ids_shape[0] if len(ids_shape) == 1 else -1), self.frames_per_video
         item = (self.size, self.size, 3) if not self.holds_features else data_shape[2:]
         if (tuple(data_shape[:2]) != (n, t) or tuple(data_shape[2:]) != tuple(item) or tuple(mask_shape) != (n, t)
-                or len(set(self.video_ids)) != n or (self.holds_features and not 1 <= len(item) == 1 <= item[0] <= 65536)):
+                or (self.holds_features and not 1 <= len(item) == 1 <= item[0] <= 65536)):
             raise FramesStoreError(
                 f"{self.path}: array shapes disagree with the store ({self.data_array} {list(data_shape)}, "
-                f"{MASK} {list(mask_shape)}, {n} distinct video ids, {t} frames of {self.size} px)")
+                f"{MASK} {list(mask_shape)}, {VIDEO_IDS} {list(ids_shape)}, {t} frames of {self.size} px)")
+
+    def _check_ids(self) -> None:
+        """The ids must be sorted and unique (as :func:`finish` writes them): :meth:`index` and
+        ``valid`` find rows by binary search."""
+        if not self.video_ids.is_sorted_unique():
+            repeated = self.video_ids.repeated()
+            found = (f"{len(repeated)} repeated, e.g. {list(repeated[:3])}" if len(repeated)
+                     else "not in sorted order")
+            raise FramesStoreError(f"{self.path}: {VIDEO_IDS} are not sorted and unique ({found}): the store was altered")
 
     def _check_contents(self) -> None:
         """Zarr reads a deleted chunk as zeros: demand the chunk of every decoded video (failed videos
@@ -339,16 +359,24 @@ class FramesStore:
             f"size={self.size}, failed={len(self.failures)})"
         )
 
-    def index(self, video_ids: Iterable[str]) -> np.ndarray:
-        """Positions of ``video_ids``; FramesStoreError naming the ids this store does not hold."""
-        video_ids = list(video_ids)
-        unknown = [v for v in video_ids if v not in self._positions]
-        if unknown:
-            shown = ", ".join(map(repr, unknown[:5])) + (
-                f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    def index(self, video_ids: Iterable[str] | IdColumn) -> np.ndarray:
+        """Positions (int64) of ``video_ids`` (strings or an IdColumn), found by binary search in the
+        sorted ids; FramesStoreError naming the ids this store does not hold."""
+        if not isinstance(video_ids, IdColumn):
+            video_ids = list(video_ids)
+        try:
+            positions = self.video_ids.positions(video_ids)
+        except ValueError:  # an id with a NUL character, which no store holds
+            clean = np.array(["\x00" not in v for v in video_ids], dtype=bool)
+            positions = np.full(len(video_ids), -1, dtype=np.int64)
+            positions[clean] = self.video_ids.positions([v for v, ok in zip(video_ids, clean, strict=True) if ok])
+        missing = np.flatnonzero(positions < 0)
+        if missing.size:
+            shown = ", ".join(repr(video_ids[int(i)]) for i in missing[:5]) + (
+                f" and {missing.size - 5} more" if missing.size > 5 else ""
             )
             raise FramesStoreError(f"{self.path}: unknown video id(s) {shown}")
-        return np.array([self._positions[v] for v in video_ids], dtype=np.int64)
+        return positions
 
     def read(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Data [n, T, ...] (uint8 frames or float16 features) and mask bool [n, T] of the videos at

@@ -26,7 +26,9 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from teachclip.core.columns import IdColumn
 from teachclip.core.errors import InputError
+from teachclip.core.files import read_at_most
 
 PROGRESS_DIR = "_progress"  # completion markers inside <out>.partial, removed on finalize
 ZSTD_LEVEL = 3
@@ -71,7 +73,9 @@ def create_array(
 
 
 def write_strings(group: zarr.Group, name: str, values: Sequence[str]) -> zarr.Array:
-    """A 1-D array of ids (variable-length UTF-8, the ``string`` data type of Zarr v3)."""
+    """A 1-D array of ids (variable-length UTF-8, the ``string`` data type of Zarr v3), one chunk;
+    ``values`` any sequence of ``str`` (a list, an :class:`~teachclip.core.columns.IdColumn`).
+    :func:`read_id_column` reads it back."""
     array = group.create_array(
         name=name,
         shape=(len(values),),
@@ -354,6 +358,64 @@ def zstd_content_size(frame: bytes) -> int | None:
 
 
 ZSTD_HEADER_BYTES = 18  # the longest zstd frame header
+MAX_ID_CHARS = 1024  # characters of one id read by read_id_column (the teacher cache's MAX_ID_LENGTH)
+ID_CHAIN = ("vlen-utf8", "zstd", "crc32c")  # the codecs write_strings gives an id array
+
+
+def read_id_column(array_path: Path, count: int, max_chars: int = MAX_ID_CHARS) -> IdColumn:
+    """The ``count`` ids of a one-chunk string array written by :func:`write_strings`, as an
+    :class:`~teachclip.core.columns.IdColumn`: no Python object per id, not even while reading (zarr
+    would return an object array of ``str``).
+
+    The chunk is decoded here, and nothing is sized by a number inside the files before it is compared
+    with ``count``: the array's zarr.json must declare exactly this layout (shape ``[count]``, one
+    chunk, vlen-utf8 + zstd + crc32c), the chunk must pass its crc32c checksum, its zstd frame must
+    declare at most what ``count`` ids of ``max_chars`` characters take, and it must hold ``count``
+    UTF-8 ids without NUL characters. ValueError naming the array and what is wrong."""
+    import google_crc32c
+    from numcodecs import Zstd
+
+    name = Path(array_path).name
+    try:
+        meta_file = Path(array_path) / "zarr.json"
+        if meta_file.stat().st_size > MAX_METADATA_BYTES:
+            raise ValueError("zarr.json is too large")
+        grid = chunk_grid(json.loads(meta_file.read_text()))
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{name}: unreadable array metadata ({exc})") from exc
+    if (grid.itemsize is not None or grid.shape != (count,) or grid.outer != (max(count, 1),)
+            or grid.inner is not None or grid.chain != ID_CHAIN):
+        raise ValueError(f"{name}: not a one-chunk string array of {count} ids (shape {list(grid.shape)}, "
+                         f"chunks {list(grid.outer)}, codecs {list(grid.chain)})")
+    if count == 0:
+        return IdColumn.of([])
+    key = grid.key((0,))
+    chunk = Path(array_path) / key
+    limit = 4 + count * (4 + 4 * max_chars)  # the vlen-utf8 bytes of count ids of max_chars characters
+    bound = limit + limit // 64 + 4096  # zstd's worst-case expansion, its header and the checksum
+    try:
+        if chunk.is_symlink():
+            raise ValueError(f"{name}: chunk {key} is a link")
+        with open(chunk, "rb") as handle:
+            data = read_at_most(handle, bound)
+    except OSError as exc:
+        raise ValueError(f"{name}: chunk {key} is missing or unreadable ({exc.strerror or exc})") from exc
+    if len(data) > bound:
+        raise ValueError(f"{name}: chunk {key} is larger than {count} ids can be")
+    if len(data) < 4 or struct.pack("<I", google_crc32c.value(data[:-4])) != data[-4:]:
+        raise ValueError(f"{name}: chunk {key} fails its crc32c checksum")
+    declared = zstd_content_size(data[:-4])
+    if declared is None or declared > limit:
+        raise ValueError(f"{name}: chunk {key} declares no size or more than {count} ids can take")
+    try:
+        raw = Zstd().decode(data[:-4])
+    except Exception as exc:  # numcodecs raises RuntimeError/ValueError on a corrupt frame
+        raise ValueError(f"{name}: chunk {key} does not decompress ({exc})") from exc
+    del data
+    try:
+        return IdColumn.from_vlen_utf8(raw, count, max_chars)
+    except ValueError as exc:
+        raise ValueError(f"{name}: chunk {key} {exc}") from None
 
 
 def chunk_frame_problem(grid: ChunkGrid, head: bytes, length: int) -> str | None:
