@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+MAX_ID_CHARS = 1024  # characters of one caption or video id, wherever ids are read (manifest, stores, caches)
 _CHUNK = 65_536  # rows converted to an array at a time while building: bounds the Python objects alive
 
 
@@ -91,7 +92,7 @@ class IdColumn(Sequence[str]):
         width = max(int(lengths.max()) if count else 1, 1)
         out = np.zeros((count, width), dtype=np.uint8)
         data = np.frombuffer(view, dtype=np.uint8)
-        step = max(1, (1 << 22) // width)  # a gather of at most ~4 M bytes (x 8 for its index) at a time
+        step = max(1, (1 << 20) // width)  # a gather of at most ~1 M bytes (x 8 for its index) at a time
         for first in range(0, count, step):
             rows = slice(first, min(first + step, count))
             index = starts[rows, None] + np.arange(width)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from teachclip.core.columns import IdColumn, StringColumn
+from teachclip.core.columns import MAX_ID_CHARS, IdColumn, StringColumn
 from teachclip.core.errors import InputError
 from teachclip.core.fingerprint import canonical_json, sha256_file
 
@@ -372,8 +372,9 @@ def _video_rows(root: Path, allowed: tuple[str, ...]) -> Iterator[tuple[int, Vid
         split = (row["split"] or "").strip()
         if not video_id:
             raise ManifestError(f"{videos_csv}:{line}: empty video_id")
-        if "\x00" in video_id:
-            raise ManifestError(f"{videos_csv}:{line}: video_id {video_id!r} contains a NUL character")
+        if "\x00" in video_id or len(video_id) > MAX_ID_CHARS:
+            raise ManifestError(f"{videos_csv}:{line}: video_id {video_id[:60]!r} contains a NUL character or is "
+                                f"longer than {MAX_ID_CHARS} characters")
         if not path:
             raise ManifestError(f"{videos_csv}:{line}: empty path for video {video_id!r}")
         if split not in allowed:
@@ -398,8 +399,9 @@ def _caption_rows(root: Path) -> Iterator[tuple[int, str, str, str]]:
         text = (row["text"] or "").strip()
         if not caption_id:
             raise ManifestError(f"{captions_csv}:{line}: empty caption_id")
-        if "\x00" in caption_id:
-            raise ManifestError(f"{captions_csv}:{line}: caption_id {caption_id!r} contains a NUL character")
+        if "\x00" in caption_id or len(caption_id) > MAX_ID_CHARS:
+            raise ManifestError(f"{captions_csv}:{line}: caption_id {caption_id[:60]!r} contains a NUL character or "
+                                f"is longer than {MAX_ID_CHARS} characters")
         if not text:
             raise ManifestError(f"{captions_csv}:{line}: empty text for caption {caption_id!r}")
         yield line, caption_id, video_id, text

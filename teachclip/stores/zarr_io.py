@@ -26,7 +26,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from teachclip.core.columns import IdColumn
+from teachclip.core.columns import MAX_ID_CHARS, IdColumn
 from teachclip.core.errors import InputError
 from teachclip.core.files import read_at_most
 
@@ -358,7 +358,6 @@ def zstd_content_size(frame: bytes) -> int | None:
 
 
 ZSTD_HEADER_BYTES = 18  # the longest zstd frame header
-MAX_ID_CHARS = 1024  # characters of one id read by read_id_column (the teacher cache's MAX_ID_LENGTH)
 ID_CHAIN = ("vlen-utf8", "zstd", "crc32c")  # the codecs write_strings gives an id array
 
 
