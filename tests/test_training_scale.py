@@ -70,3 +70,60 @@ def test_a_step_reads_its_batch_only_whatever_the_collection_size(tmp_path, monk
         assert small["texts"] == large["texts"] == [BATCH] * STEPS
     else:  # the frozen text tower's vectors are computed once per caption before training, none per step
         assert sum(small["texts"]) == 40 and sum(large["texts"]) == 400
+
+
+# ---- the samplers' arrays ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("videos,batch,world", [(23, 5, 1), (21, 5, 1), (20, 5, 1), (22, 4, 3), (9, 4, 2), (2, 8, 1)])
+def test_epoch_size_is_the_number_of_batches_every_sampler_gives(videos, batch, world):
+    import numpy as np
+
+    from teachclip.training.batches import candidate_batches, caption_per_video_batches, epoch_size, neighbourhood_batches
+
+    groups = [[2 * v, 2 * v + 1] if v % 2 else [2 * v] for v in range(videos)]
+    neighbours = np.array([[(c // 2 + k) % videos for k in (1, 2, 5)] for c in range(2 * videos)])
+    for batches in (caption_per_video_batches(groups, batch, 0, 0), list(candidate_batches(groups, neighbours, batch,
+                    0.5, 0, 0)), neighbourhood_batches(groups, neighbours, batch, 0, 0)):
+        assert len([b for b in batches if len(b.videos) >= world]) == epoch_size(videos, batch, world)
+
+
+def test_caption_groups_and_the_mask_match_the_lists():
+    import numpy as np
+
+    from teachclip.core.manifest import CaptionGroups
+    from teachclip.training.batches import caption_per_video_batches, mask_captions
+
+    rng = np.random.default_rng(0)
+    caption_video = rng.integers(0, 50, size=400)
+    caption_video[:50] = np.arange(50)  # every video has a caption
+    lists = [[c for c in range(400) if caption_video[c] == v] for v in range(50)]
+    groups = CaptionGroups.of(caption_video, 50)
+    assert groups.tolist() == lists
+    for a, b in zip(caption_per_video_batches(groups, 8, 1, 2), caption_per_video_batches(lists, 8, 1, 2), strict=True):
+        assert a.videos.tolist() == b.videos.tolist() and a.captions.tolist() == b.captions.tolist()
+    ids = [f"c{c}" for c in range(400)]
+    keep = {f"c{c}": bool(rng.random() < 0.3) for c in range(0, 400, 2)}
+    masked, fallback = mask_captions(groups, ids, keep)
+    expected = [[c for c in captions if keep.get(ids[c], True)] or captions for captions in lists]
+    assert masked.tolist() == expected
+    assert fallback == [v for v, captions in enumerate(lists) if not any(keep.get(ids[c], True) for c in captions)]
+
+
+def test_prefetched_draws_one_item_ahead_only():
+    from teachclip.training.batches import prefetched
+
+    drawn = []
+
+    def items():
+        for i in range(6):
+            drawn.append(i)
+            yield i
+
+    for prefetch in (False, True):
+        drawn.clear()
+        seen = []
+        for item, value in prefetched(items(), lambda i: i * 10, prefetch):
+            seen.append((item, value))
+            assert len(drawn) <= item + 1 + prefetch  # never more than the next one ahead
+        assert seen == [(i, i * 10) for i in range(6)]
