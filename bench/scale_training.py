@@ -90,13 +90,14 @@ def measure(args: argparse.Namespace) -> dict:
         step_started[0] = time.process_time()
         return result
 
-    def first_batch(*a, **k):  # the reader is created when the epoch starts: after every O(N) setup
-        rss_start.append(rss_mib())
-        step_started[0], reads[0] = time.process_time(), read_chars()
-        return frames_batches(*a, **k)
+    def first_batch(*a, **k):  # the first batch is read when the epoch starts: after every O(N) setup
+        if not rss_start:
+            rss_start.append(rss_mib())
+            step_started[0], reads[0] = time.process_time(), read_chars()
+        return read_frames(*a, **k)
 
-    frames_batches = stage.frames_batches
-    stage.optimizer_step, stage.frames_batches = timed_step, first_batch
+    read_frames = stage.read_frames
+    stage.optimizer_step, stage.read_frames = timed_step, first_batch
     try:
         stage.train_student(root / "features.zarr", root / "manifest", [root / "teachers.zarr"], root / "run",
                             train, student, evaluate, compute, progress=False)

@@ -79,7 +79,12 @@ def test_a_step_reads_its_batch_only_whatever_the_collection_size(tmp_path, monk
 def test_epoch_size_is_the_number_of_batches_every_sampler_gives(videos, batch, world):
     import numpy as np
 
-    from teachclip.training.batches import candidate_batches, caption_per_video_batches, epoch_size, neighbourhood_batches
+    from teachclip.training.batches import (
+        candidate_batches,
+        caption_per_video_batches,
+        epoch_size,
+        neighbourhood_batches,
+    )
 
     groups = [[2 * v, 2 * v + 1] if v % 2 else [2 * v] for v in range(videos)]
     neighbours = np.array([[(c // 2 + k) % videos for k in (1, 2, 5)] for c in range(2 * videos)])

@@ -26,11 +26,11 @@ __all__ = ["DenseGroup", "GroupReader", "SparseGroup", "TeacherCacheError", "ope
 
 
 def open_group(path: str | Path, in_memory: bool | None = None) -> GroupReader:
-    """The reader of one group: :class:`SparseGroup` for a sparse group (always in memory: K scores
-    per caption), else :class:`DenseGroup` (``in_memory``: see there)."""
+    """The reader of one group: :class:`SparseGroup` for a sparse group, else :class:`DenseGroup`
+    (``in_memory``: see each)."""
     attrs = read_group_attributes(path)
     if attrs is not None and is_sparse(attrs):
-        return SparseGroup(path)
+        return SparseGroup(path, in_memory)
     return DenseGroup(path, in_memory)
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from teachclip.core.columns import IdColumn
 from teachclip.core.files import read_at_most
 from teachclip.core.fingerprint import canonical_json
 from teachclip.stores.teacher_cache.schema import (
@@ -171,14 +172,16 @@ def check_group_files(path: Path, attrs: GroupAttributes, max_problems: int = MA
 # ---- ids --------------------------------------------------------------------------------------------
 
 
-def read_ids(array_path: Path, count: int) -> list[str]:
-    """The ids of a one-chunk string array (``text_ids``, ``video_ids``) holding ``count`` ids.
+def read_ids(array_path: Path, count: int) -> IdColumn:
+    """The ids of a one-chunk string array (``text_ids``, ``video_ids``) holding ``count`` ids, as an
+    :class:`~teachclip.core.columns.IdColumn` (no Python object per id).
 
     Decoded here, not by zarr, so that nothing is sized by a number inside the file before it is
     compared with ``count``: the chunk's checksum, its zstd frame's declared size (at most ``count``
-    ids of ``MAX_ID_LENGTH``) and its item count are checked first."""
+    ids of ``MAX_ID_LENGTH``) and its item count are checked first. An id longer than
+    ``MAX_ID_LENGTH`` characters, not UTF-8, or with a NUL character is refused."""
     import google_crc32c
-    from numcodecs import VLenUTF8, Zstd
+    from numcodecs import Zstd
 
     name = array_path.name
     chunk = array_path / "c" / "0"
@@ -198,46 +201,81 @@ def read_ids(array_path: Path, count: int) -> list[str]:
     if declared is None or declared > limit:
         raise TeacherCacheError(f"{name}: chunk c/0 declares no size or more than {count} ids can take")
     try:
-        raw = bytes(Zstd().decode(data[:-4]))
+        raw = Zstd().decode(data[:-4])
     except Exception as exc:  # numcodecs raises RuntimeError/ValueError on a corrupt frame
         raise TeacherCacheError(f"{name}: chunk c/0 does not decompress ({exc})") from exc
-    if len(raw) < 4 or struct.unpack("<I", raw[:4])[0] != count:
-        found = struct.unpack("<I", raw[:4])[0] if len(raw) >= 4 else "no"
+    del data
+    raw = memoryview(raw).cast("B")
+    if len(raw) < 4 or struct.unpack_from("<I", raw, 0)[0] != count:
+        found = struct.unpack_from("<I", raw, 0)[0] if len(raw) >= 4 else "no"
         raise TeacherCacheError(f"{name}: chunk c/0 holds {found} ids where the layout says {count}")
     try:
-        values = VLenUTF8().decode(raw)
-    except Exception as exc:  # truncated or not UTF-8
-        raise TeacherCacheError(f"{name}: ids do not decode ({exc})") from exc
-    ids = [str(v) for v in values]
-    if ids and max(len(i) for i in ids) > MAX_ID_LENGTH:
-        raise TeacherCacheError(f"{name}: an id longer than {MAX_ID_LENGTH} characters")
-    return ids
+        return IdColumn.from_vlen_utf8(raw, count, MAX_ID_LENGTH)
+    except ValueError as exc:  # truncated, not UTF-8, too long, a NUL character
+        reason = str(exc)
+        if "longer than" in reason:
+            raise TeacherCacheError(f"{name}: an id longer than {MAX_ID_LENGTH} characters") from exc
+        if "NUL" in reason:
+            raise TeacherCacheError(f"{name}: an id contains a NUL character ({reason})") from exc
+        raise TeacherCacheError(f"{name}: ids do not decode ({reason})") from exc
 
 
-def check_ids(text_ids: list[str], video_ids: list[str], text_video: np.ndarray, n_videos: int) -> list[str]:
-    """Ids sorted and unique (strictly increasing), every caption's own-video column in range."""
+def id_column(ids: Sequence[str] | IdColumn, name: str) -> IdColumn:
+    """``ids`` as an IdColumn; TeacherCacheError naming ``name`` for an id no column can hold (a NUL
+    character, a lone surrogate)."""
+    try:
+        return IdColumn.of(ids)
+    except ValueError as exc:  # UnicodeEncodeError is a ValueError too
+        raise TeacherCacheError(f"{name}: an id that is not storable ({exc})") from exc
+
+
+def _too_long(ids: IdColumn) -> bool:
+    """Whether an id has more than MAX_ID_LENGTH characters (only ids of more bytes are decoded)."""
+    if ids.array.dtype.itemsize <= MAX_ID_LENGTH:
+        return False
+    byte_lengths = np.char.str_len(ids.array)
+    return any(len(ids[int(i)]) > MAX_ID_LENGTH for i in np.nonzero(byte_lengths > MAX_ID_LENGTH)[0])
+
+
+def check_ids(text_ids: Sequence[str] | IdColumn, video_ids: Sequence[str] | IdColumn, text_video: np.ndarray,
+              n_videos: int) -> list[str]:
+    """Ids sorted and unique (strictly increasing), every caption's own-video column in range. The ids:
+    IdColumns, or any sequences of str (made columns here)."""
     problems = []
     for name, ids in ((TEXT_IDS, text_ids), (VIDEO_IDS, video_ids)):
-        if any(len(i) > MAX_ID_LENGTH for i in ids):
+        try:
+            column = id_column(ids, name)
+        except TeacherCacheError as exc:
+            problems.append(str(exc))
+            continue
+        if _too_long(column):
             problems.append(f"{name}: an id longer than {MAX_ID_LENGTH} characters")
             continue
-        bad = next((i for i in range(1, len(ids)) if not ids[i - 1] < ids[i]), None)
-        if bad is not None:
-            problems.append(f"{name}: not sorted and unique (at position {bad}: {ids[bad - 1][:40]!r}, {ids[bad][:40]!r})")
+        if not column.is_sorted_unique():
+            values = column.array
+            bad = int(np.argmin(values[1:] > values[:-1])) + 1
+            problems.append(f"{name}: not sorted and unique (at position {bad}: {column[bad - 1][:40]!r}, "
+                            f"{column[bad][:40]!r})")
     if len(text_video) and (text_video.min() < 0 or text_video.max() >= n_videos):
         problems.append(f"{TEXT_VIDEO}: column out of range 0..{n_videos - 1}")
     return problems
 
 
-def neighbour_problems(neighbours: np.ndarray, n_videos: int, first_row: int = 0) -> list[str]:
-    """A sparse group's neighbour columns: in range, and no video twice in one row."""
+def neighbour_problems(neighbours: np.ndarray, n_videos: int, first_row: int = 0,
+                       rows: np.ndarray | None = None) -> list[str]:
+    """A sparse group's neighbour columns: in range, and no video twice in one row. A problem names the
+    row ``first_row + i``, or ``rows[i]`` when the rows given are not consecutive."""
+
+    def label(i: int) -> int:
+        return int(rows[i]) if rows is not None else first_row + i
+
     if neighbours.size and (neighbours.min() < 0 or neighbours.max() >= n_videos):
-        row = first_row + int(np.nonzero(((neighbours < 0) | (neighbours >= n_videos)).any(axis=1))[0][0])
+        row = label(int(np.nonzero(((neighbours < 0) | (neighbours >= n_videos)).any(axis=1))[0][0]))
         return [f"{NEIGHBOUR_VIDEOS}: column out of range 0..{n_videos - 1} in row {row}"]
     ordered = np.sort(neighbours, axis=1)
     twice = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
     if twice.any():
-        return [f"{NEIGHBOUR_VIDEOS}: a video listed twice in row {first_row + int(np.argmax(twice))}"]
+        return [f"{NEIGHBOUR_VIDEOS}: a video listed twice in row {label(int(np.argmax(twice)))}"]
     return []
 
 
@@ -278,7 +316,7 @@ def scan_group(path: Path, attrs: GroupAttributes, grids: dict[str, ChunkGrid] |
     specs = expected_arrays(attrs)
     digest = hashlib.sha256(CONTENT_HASH_VERSION.encode() + b"\0")
     reads = 0
-    ids: dict[str, list[str]] = {}
+    ids: dict[str, IdColumn] = {}
     text_video = np.empty(0, dtype=np.int32)
     for name in sorted(specs):
         spec = specs[name]
@@ -288,8 +326,7 @@ def scan_group(path: Path, attrs: GroupAttributes, grids: dict[str, ChunkGrid] |
                 ids[name] = read_ids(path / name, spec.shape[0])
             except TeacherCacheError as exc:
                 return Scan(None, [str(exc)], reads)
-            for value in ids[name]:
-                encoded = value.encode("utf-8", "surrogatepass")
+            for encoded in ids[name].array:  # UTF-8 bytes (numpy strips the padding; an id holds no NUL)
                 digest.update(struct.pack("<Q", len(encoded)) + encoded)
             reads += 1
             continue

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from teachclip.core.columns import IdColumn
 from teachclip.stores.teacher_cache.checks import (
     check_group_files,
     check_ids,
@@ -120,6 +121,10 @@ class GroupReader:
     and must be sorted and unique with every ``text_video`` column in range. What a read returns is
     checked too: a non-finite score or relevance raises :class:`TeacherCacheError` naming the store,
     the array and the rows. Subclasses read their score arrays and implement :meth:`similarity_block`.
+
+    What a reader holds per caption and video is numpy, no Python object per row: ``text_ids`` and
+    ``video_ids`` are :class:`~teachclip.core.columns.IdColumn` s (sorted, so :meth:`text_index` and
+    :meth:`video_index` are binary searches), ``text_video`` is int32 (4 bytes a caption).
     """
 
     def __init__(self, path: str | Path):
@@ -145,19 +150,17 @@ class GroupReader:
             raise TeacherCacheError(f"{self.path}: {problems[0]}"
                                     + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else "")
                                     + "; run `teach cache verify`")
-        self.text_ids: list[str] = self._checked(read_ids, self.path / TEXT_IDS, self.layout.n_texts)
-        self.video_ids: list[str] = self._checked(read_ids, self.path / VIDEO_IDS, self.layout.n_videos)
+        self.text_ids: IdColumn = self._checked(read_ids, self.path / TEXT_IDS, self.layout.n_texts)
+        self.video_ids: IdColumn = self._checked(read_ids, self.path / VIDEO_IDS, self.layout.n_videos)
         try:
             self.group = zarr.open_group(self.path, mode="r")
-            self.text_video: np.ndarray = np.asarray(self._read_checked(self.group[TEXT_VIDEO], ...), dtype=np.int64)
+            self.text_video: np.ndarray = np.asarray(self._read_checked(self.group[TEXT_VIDEO], ...), dtype=np.int32)
             self._relevance: Any = self.group[RELEVANCE] if self.has_frame_relevance else None
         except (KeyError, ValueError, OSError) as exc:
             raise TeacherCacheError(f"{self.path}: cannot read the group's arrays ({exc})") from exc
         problems = check_ids(self.text_ids, self.video_ids, self.text_video, self.layout.n_videos)
         if problems:
             raise TeacherCacheError(f"{self.path}: {problems[0]}")
-        self._text_rows = {caption_id: row for row, caption_id in enumerate(self.text_ids)}
-        self._video_cols = {video_id: col for col, video_id in enumerate(self.video_ids)}
 
     def _checked(self, read, *args):
         try:
@@ -177,11 +180,13 @@ class GroupReader:
                 f"fingerprint {frames_fingerprint}"
             )
 
-    def text_index(self, caption_ids: Sequence[str]) -> np.ndarray:
-        return self._lookup(self._text_rows, caption_ids, "caption")
+    def text_index(self, caption_ids: Sequence[str] | IdColumn) -> np.ndarray:
+        """int64: the row of each caption id (TeacherCacheError naming ids the cache lacks)."""
+        return self._lookup(self.text_ids, caption_ids, "caption")
 
-    def video_index(self, video_ids: Sequence[str]) -> np.ndarray:
-        return self._lookup(self._video_cols, video_ids, "video")
+    def video_index(self, video_ids: Sequence[str] | IdColumn) -> np.ndarray:
+        """int64: the column of each video id (TeacherCacheError naming ids the cache lacks)."""
+        return self._lookup(self.video_ids, video_ids, "video")
 
     def similarity_block(self, text_rows: Sequence[int] | np.ndarray, video_cols: Sequence[int] | np.ndarray) -> np.ndarray:
         """float32 [len(text_rows), len(video_cols)] teacher similarities (any order, repeats allowed)."""
@@ -195,7 +200,7 @@ class GroupReader:
         if isinstance(self._relevance, np.ndarray):
             return self._relevance[rows].astype(np.float32)
         unique_rows, row_pos = np.unique(rows, return_inverse=True)
-        values = self._read_checked(self._relevance.oindex, (unique_rows, slice(None)))
+        values = self._read_checked(self._relevance.oindex, (unique_rows, slice(None)), RELEVANCE)
         return self._finite(values, RELEVANCE, unique_rows)[row_pos].astype(np.float32)
 
     def _rows(self, text_rows: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -207,20 +212,29 @@ class GroupReader:
             raise TeacherCacheError(f"{self.path}: row out of range 0..{self.layout.n_texts - 1}")
         return rows
 
-    def _lookup(self, table: dict[str, int], ids: Sequence[str], what: str) -> np.ndarray:
-        missing = [i for i in ids if i not in table]
-        if missing:
+    def _lookup(self, column: IdColumn, ids: Sequence[str] | IdColumn, what: str) -> np.ndarray:
+        try:
+            found = column.positions(ids)
+        except ValueError:  # an id no column can hold (a NUL character, a lone surrogate): in no cache
+            ids = ids if isinstance(ids, IdColumn) else list(ids)
+            storable = np.array([_storable(i) for i in ids], dtype=bool)
+            found = np.full(len(ids), -1, dtype=np.int64)
+            found[storable] = column.positions([i for i, ok in zip(ids, storable, strict=True) if ok])
+        missing = np.nonzero(found < 0)[0]
+        if len(missing):
             raise TeacherCacheError(
-                f"{self.path}: {len(missing)} {what} id(s) not in the cache, e.g. {missing[:3]} "
+                f"{self.path}: {len(missing)} {what} id(s) not in the cache, e.g. {[ids[int(i)] for i in missing[:3]]} "
                 f"(it holds the train split only)"
             )
-        return np.fromiter((table[i] for i in ids), dtype=np.int64, count=len(ids))
+        return found
 
-    def _read_checked(self, source: Any, selection: Any) -> np.ndarray:
+    def _read_checked(self, source: Any, selection: Any, array: str | None = None) -> np.ndarray:
+        """``source[selection]``; TeacherCacheError (naming ``array`` when given) if a chunk does not decode."""
         try:
             return np.asarray(source[selection])
         except Exception as exc:  # crc32c mismatch (ValueError), a chunk gone or changed since the group was opened
-            raise TeacherCacheError(f"{self.path}: corrupt chunk ({type(exc).__name__}: {exc}); "
+            where = f"{array}: " if array else ""
+            raise TeacherCacheError(f"{self.path}: {where}corrupt chunk ({type(exc).__name__}: {exc}); "
                                     f"run `teach cache verify`") from exc
 
     def _finite(self, values: np.ndarray, array: str, rows: np.ndarray | None = None) -> np.ndarray:
@@ -233,6 +247,17 @@ class GroupReader:
             raise TeacherCacheError(f"{self.path}: {array}: non-finite value in row {row} (missing or damaged data "
                                     f"reads as NaN); run `teach cache verify`")
         return values
+
+
+def _storable(value: str) -> bool:
+    """Whether an IdColumn can hold ``value`` (UTF-8 encodable, no NUL character)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class DenseGroup(GroupReader):

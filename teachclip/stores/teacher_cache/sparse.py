@@ -21,7 +21,8 @@ teaches the student to retrieve worse than no teacher at all; see reports/distil
 neighbourhoods (:func:`teachclip.training.batches.neighbourhood_batches`), so that more in-batch soft
 labels are known.
 
-Disk and memory per caption: ``K * (4 + 2) + 4`` bytes instead of ``2 * videos`` (``bench/sparse.py``).
+Disk per caption: ``K * (4 + 2) + 4`` bytes instead of ``2 * videos`` (``bench/sparse.py``); memory: the
+same when the reader loads the arrays, else only the ids and ``text_video`` (:class:`SparseGroup`).
 
 **Candidate groups** are the same arrays written directly by candidate extraction
 (``extract.candidates``, :func:`create_candidate_group` / :func:`write_candidate_block`): no dense
@@ -49,6 +50,7 @@ from teachclip.stores.teacher_cache.checks import neighbour_problems
 from teachclip.stores.teacher_cache.dense import DenseGroup, GroupReader
 from teachclip.stores.teacher_cache.publish import publish_groups
 from teachclip.stores.teacher_cache.schema import (
+    IN_MEMORY_LIMIT_BYTES,
     NEIGHBOUR_SCORES,
     NEIGHBOUR_VIDEOS,
     OWN_SCORE,
@@ -240,12 +242,33 @@ def fill_rule(sparse: Any) -> str:
     return FILL_RULE if sparse.candidates is None else CANDIDATE_FILL
 
 
+SPARSE_ARRAYS = (NEIGHBOUR_VIDEOS, NEIGHBOUR_SCORES, OWN_SCORE, REST_MEAN)
+OPEN_BLOCK_BYTES = 1 << 18  # decoded bytes per read of the open-time check (whole chunks, at least one)
+# in_memory=None loads a sparse group whose arrays take at most this many bytes (the dense limit): a batch's
+# reads from zarr cost more than the in-memory lookup (128 x 128, K = 40: ~12 ms against ~4 ms at 4,000
+# captions; ~220 ms against ~4 ms at 200,000, where a batch's rows touch ~100 chunks of each array)
+SPARSE_IN_MEMORY_LIMIT_BYTES = IN_MEMORY_LIMIT_BYTES
+
+
 class SparseGroup(GroupReader):
     """The dense reader's API over a sparse group (module docstring), plus :meth:`known_mask` and
-    :meth:`neighbours`. Its arrays are small (K per caption) and always read into memory, where they
-    are checked: scores finite, neighbour columns in range and distinct per row."""
+    :meth:`neighbours`.
 
-    def __init__(self, path: str | Path):
+    ``in_memory``: True loads the arrays, False reads them row by row, None (the default) loads a group
+    whose arrays take at most ``SPARSE_IN_MEMORY_LIMIT_BYTES`` (:attr:`nbytes`) and reads a larger one.
+
+    Read row by row, nothing but the ids (:class:`~teachclip.core.columns.IdColumn`) and
+    ``text_video`` (int32, 4 bytes a caption) stays in memory. Each call reads the rows it needs
+    from zarr (each distinct row once; the last call's rows are kept for the next call on the same
+    rows, as ``known_mask`` after ``similarity_block``) and checks them (scores finite, neighbour
+    columns in range and distinct), so memory does not grow with the collection. Opening a complete
+    group still checks every value once, whole chunks of about ``OPEN_BLOCK_BYTES`` decoded at a time.
+
+    Loaded, the arrays are kept as stored (``neighbour_videos`` int32, scores float16: RAM = their
+    uncompressed size, :attr:`nbytes`) and checked whole. The values returned are the same bits either
+    way."""
+
+    def __init__(self, path: str | Path, in_memory: bool | None = None):
         super().__init__(path)
         if self.checked.sparse is None:
             raise TeacherCacheError(f"{self.path}: not a sparse teacher cache group")
@@ -255,28 +278,92 @@ class SparseGroup(GroupReader):
                                     f"{expected_fill!r} for this kind of sparse group")
         self.candidates = self.checked.sparse.candidates  # None for a `teach cache sparsify` group
         self.top_k: int = self.checked.sparse.top_k
-        if not self.complete:  # nothing to load: every score read refuses an incomplete group
-            empty = np.zeros((0, self.top_k))
-            self._neighbours, self._scores, self._own, self._rest = empty.astype(np.int32), empty, empty[:, 0], empty[:, 0]
-            return
+        self._last_rows: bytes | None = None
+        self._last_values: dict[str, np.ndarray] = {}
         try:
-            # kept as stored (int32, float16): RAM = the arrays' uncompressed size (bench/sparse.py)
-            self._neighbours = self._read_checked(self.group[NEIGHBOUR_VIDEOS], ...)
-            self._scores = self._finite(self._read_checked(self.group[NEIGHBOUR_SCORES], ...), NEIGHBOUR_SCORES)
-            self._own = self._finite(self._read_checked(self.group[OWN_SCORE], ...), OWN_SCORE)
-            self._rest = self._finite(self._read_checked(self.group[REST_MEAN], ...), REST_MEAN)
-            if self._relevance is not None:
-                self._relevance = self._finite(self._read_checked(self._relevance, ...), RELEVANCE)
-        except (KeyError, OSError) as exc:
+            self._arrays: dict[str, Any] = {name: self.group[name] for name in SPARSE_ARRAYS}
+        except KeyError as exc:
             raise TeacherCacheError(f"{self.path}: cannot read the sparse group's arrays ({exc})") from exc
-        problems = neighbour_problems(self._neighbours, self.layout.n_videos)
+        if not self.complete:  # nothing to check: every score read refuses an incomplete group
+            return
+        if in_memory is None:
+            in_memory = self.nbytes <= SPARSE_IN_MEMORY_LIMIT_BYTES
+        try:
+            if in_memory:
+                self._load()
+            else:
+                self._check_blockwise()
+        except OSError as exc:
+            raise TeacherCacheError(f"{self.path}: cannot read the sparse group's arrays ({exc})") from exc
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self._arrays[NEIGHBOUR_VIDEOS], np.ndarray)
+
+    @property
+    def nbytes(self) -> int:
+        """The score arrays' uncompressed size: what ``in_memory`` holds."""
+        n, k = self.layout.n_texts, self.top_k
+        relevance = n * self.frames_per_video * 4 if self.has_frame_relevance else 0
+        return n * (k * (4 + 2) + 2 + 2) + relevance
+
+    def _load(self) -> None:
+        """Every array read whole (kept as stored: RAM = the arrays' uncompressed size) and checked."""
+        for name in SPARSE_ARRAYS:
+            values = self._read_checked(self._arrays[name], ..., name)
+            self._arrays[name] = values if name == NEIGHBOUR_VIDEOS else self._finite(values, name)
+        if self._relevance is not None:
+            self._relevance = self._finite(self._read_checked(self._relevance, ..., RELEVANCE), RELEVANCE)
+        self._check_neighbours(neighbour_problems(self._arrays[NEIGHBOUR_VIDEOS], self.layout.n_videos))
+
+    def _check_blockwise(self) -> None:
+        """Every value read once, whole chunks of at most about ``OPEN_BLOCK_BYTES`` decoded at a time,
+        and checked as :meth:`_load` checks them; nothing is kept."""
+        arrays = dict(self._arrays) | ({RELEVANCE: self._relevance} if self._relevance is not None else {})
+        for name, array in arrays.items():
+            chunk_rows = max(int(array.chunks[0]), 1)
+            chunk_bytes = chunk_rows * int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+            step = chunk_rows * max(1, OPEN_BLOCK_BYTES // max(chunk_bytes, 1))
+            for start in range(0, self.layout.n_texts, step):
+                stop = min(start + step, self.layout.n_texts)
+                values = self._read_checked(array, slice(start, stop), name)
+                if name == NEIGHBOUR_VIDEOS:
+                    self._check_neighbours(neighbour_problems(values, self.layout.n_videos, start))
+                else:
+                    self._finite(values, name, np.arange(start, stop))
+
+    def _check_neighbours(self, problems: list[str]) -> None:
         if problems:
             raise TeacherCacheError(f"{self.path}: {problems[0]}; run `teach cache verify`")
 
+    def _gather(self, rows: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+        """The values of ``rows`` (checked rows, any order, repeats allowed) of each array in ``names``,
+        as stored: from memory, or read from zarr (each distinct row once) and checked."""
+        if self.in_memory:
+            return [self._arrays[name][rows] for name in names]
+        unique_rows, position = np.unique(rows, return_inverse=True)
+        key = unique_rows.tobytes()
+        if self._last_rows != key:  # the last rows' values serve the next call on the same rows (known_mask
+            self._last_rows, self._last_values = key, {}  # after similarity_block): one batch's rows at most
+        for name in names:
+            if name not in self._last_values:
+                self._last_values[name] = self._read_rows(name, unique_rows)
+        return [self._last_values[name][position] for name in names]  # copies: the cache stays as read
+
+    def _read_rows(self, name: str, unique_rows: np.ndarray) -> np.ndarray:
+        source = self._arrays[name]
+        if not len(unique_rows):
+            return np.zeros((0, *source.shape[1:]), dtype=source.dtype)
+        values = self._read_checked(source.oindex, (unique_rows,) + (slice(None),) * (source.ndim - 1), name)
+        if name == NEIGHBOUR_VIDEOS:  # a chunk changed since the open-time check
+            self._check_neighbours(neighbour_problems(values, self.layout.n_videos, rows=unique_rows))
+            return values
+        return self._finite(values, name, unique_rows)
+
     def neighbours(self, text_rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(video columns int64 [n, K], scores float32 [n, K]) of each caption's stored top-k."""
-        rows = self._rows(text_rows)
-        return self._neighbours[rows].astype(np.int64), self._scores[rows].astype(np.float32)
+        neighbours, scores = self._gather(self._rows(text_rows), (NEIGHBOUR_VIDEOS, NEIGHBOUR_SCORES))
+        return neighbours.astype(np.int64), scores.astype(np.float32)
 
     def known_mask(self, text_rows: Sequence[int] | np.ndarray, video_cols: Sequence[int] | np.ndarray) -> np.ndarray:
         """bool [n, m]: True where :meth:`similarity_block` returns a stored score, not the fill."""
@@ -290,13 +377,14 @@ class SparseGroup(GroupReader):
     def _lookup_block(self, text_rows, video_cols) -> tuple[np.ndarray, np.ndarray]:
         rows = self._rows(text_rows)
         cols = np.asarray(video_cols, dtype=np.int64)
-        neighbours, scores = self._neighbours[rows], self._scores[rows].astype(np.float32)
+        neighbours, scores, own, rest = self._gather(rows, SPARSE_ARRAYS)
+        scores = scores.astype(np.float32)
         match = neighbours[:, None, :] == cols[None, :, None]  # [n, m, K]
         found = match.any(axis=2)
         values = np.where(found, np.take_along_axis(scores, match.argmax(axis=2), axis=1),
-                          self._rest[rows].astype(np.float32)[:, None])
+                          rest.astype(np.float32)[:, None])
         is_own = cols[None, :] == self.text_video[rows][:, None]
-        values = np.where(is_own, self._own[rows][:, None], values)
+        values = np.where(is_own, own[:, None], values)
         return values.astype(np.float32), found | is_own
 
     def __repr__(self) -> str:
