@@ -274,6 +274,10 @@ class TrainStudentConfig(Section):
     caption_mask: str | None = None  # file from `teach audit-captions`
     eval_every: int = Field(1, ge=1)  # test-split retrieval every N epochs (and always the last)
     prefetch: bool = True  # read the next frames batch in a background thread
+    # teacher caches: true loads a group's score arrays into RAM (fast random batches), false reads each
+    # batch's rows from disk (memory independent of the collection); empty: by size, dense groups up to
+    # 4 GiB and sparse ones up to 64 MiB (about 250,000 captions at K = 32) are loaded
+    cache_in_memory: bool | None = None
 
 
 class EvaluateConfig(Section):

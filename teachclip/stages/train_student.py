@@ -118,7 +118,8 @@ class CachedTeacher:
 
 
 def select_teachers(
-    specs: list[str | Path], wanted: list[TeacherWeight] | None, frames_fingerprint: str, data: SplitData
+    specs: list[str | Path], wanted: list[TeacherWeight] | None, frames_fingerprint: str, data: SplitData,
+    in_memory: bool | None = None,
 ) -> list[CachedTeacher]:
     """Open the caches, pick the configured groups, refuse incomplete ones and ones computed from
     other frames (naming both fingerprints), and map the training set into each cache."""
@@ -126,7 +127,7 @@ def select_teachers(
         return []  # the untaught baseline, whatever caches were given
     groups: dict[str, GroupReader] = {}
     for spec in specs:
-        for group in open_teacher_caches(spec):
+        for group in open_teacher_caches(spec, in_memory):
             if group.name in groups:
                 raise TrainStudentError(f"teacher {group.name!r} given twice: {groups[group.name].path} and {group.path}")
             groups[group.name] = group
@@ -330,7 +331,7 @@ def train_student(
     store = open_for_manifest(frames, manifest)
     data = training_data(store, manifest)
     sampled_captions = masked_captions(config.caption_mask, data, rank == 0)
-    chosen = select_teachers(list(teachers), config.teachers, store.fingerprint, data)
+    chosen = select_teachers(list(teachers), config.teachers, store.fingerprint, data, config.cache_in_memory)
     terms = loss_weights(config, chosen)
     if "fine" in terms and not student_config.afa:
         raise TrainStudentError("fine teaching supervises AFA's frame weights: set student.afa: true, or train_student.weight_fine: 0")

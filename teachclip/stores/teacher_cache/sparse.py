@@ -50,7 +50,6 @@ from teachclip.stores.teacher_cache.checks import neighbour_problems
 from teachclip.stores.teacher_cache.dense import DenseGroup, GroupReader
 from teachclip.stores.teacher_cache.publish import publish_groups
 from teachclip.stores.teacher_cache.schema import (
-    IN_MEMORY_LIMIT_BYTES,
     NEIGHBOUR_SCORES,
     NEIGHBOUR_VIDEOS,
     OWN_SCORE,
@@ -247,7 +246,9 @@ OPEN_BLOCK_BYTES = 1 << 18  # decoded bytes per read of the open-time check (who
 # in_memory=None loads a sparse group whose arrays take at most this many bytes (the dense limit): a batch's
 # reads from zarr cost more than the in-memory lookup (128 x 128, K = 40: ~12 ms against ~4 ms at 4,000
 # captions; ~220 ms against ~4 ms at 200,000, where a batch's rows touch ~100 chunks of each array)
-SPARSE_IN_MEMORY_LIMIT_BYTES = IN_MEMORY_LIMIT_BYTES
+# a sparse group is the format of collections too large for a dense one: above ~250,000 captions
+# (K = 32) its rows are read per batch, so that training memory does not follow the collection
+SPARSE_IN_MEMORY_LIMIT_BYTES = 64 << 20
 
 
 class SparseGroup(GroupReader):
