@@ -54,3 +54,14 @@ def test_string_column_reads_and_selects():
     assert column.select(np.array([2, 0, 2, 1, 3])) == [texts[2], texts[0], texts[2], texts[1], texts[3]]
     with pytest.raises(IndexError):
         column[4]
+
+
+def test_a_spilled_column_reads_its_texts_from_disk():
+    texts = [f"caption {i} {'ü' * (i % 5)}" for i in range(3000)]
+    column = StringColumn.of(texts, spill=True)
+    assert column.spilled and column.nbytes == 8 * 3000  # the offsets only: the texts are in the file
+    assert column == texts and column[1234] == texts[1234] and column[-1] == texts[-1]
+    assert column.select(np.arange(3000)) is column
+    picked = column.select(np.array([5, 2999, 5]))
+    assert picked.spilled and list(picked) == [texts[5], texts[2999], texts[5]]
+    assert StringColumn.of([], spill=True) == []

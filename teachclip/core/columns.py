@@ -17,7 +17,10 @@ iteration, slicing, equality with a list).
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -163,29 +166,72 @@ class IdColumn(Sequence[str]):
         return np.where(hit, found, -1)
 
 
+class SpilledBytes:
+    """Bytes in an unlinked temporary file, read back with ``os.pread``: a column of millions of
+    caption texts that costs the process no memory (a memory map would count every page it touched).
+    Deleted by the operating system when closed or when the process ends."""
+
+    def __init__(self, directory: str | None = None):
+        self.file = tempfile.TemporaryFile(prefix="teachclip-column-", dir=directory)
+        self.size = 0
+
+    def append(self, data: bytes) -> None:
+        self.file.write(data)
+        self.size += len(data)
+
+    def finish(self) -> SpilledBytes:
+        self.file.flush()
+        return self
+
+    def read(self, start: int, stop: int) -> bytes:
+        return os.pread(self.file.fileno(), stop - start, start)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class StringColumnBuilder:
+    """Appends texts to a :class:`StringColumn`: in memory, or ``spill``-ed to a temporary file."""
+
+    def __init__(self, spill: bool = False):
+        self.data: bytearray | SpilledBytes = SpilledBytes() if spill else bytearray()
+        self.ends = array("q")  # 8 bytes per row, no object
+        self.size = 0
+
+    def extend(self, texts: Iterable[str]) -> StringColumnBuilder:
+        for text in texts:
+            encoded = text.encode("utf-8")
+            if isinstance(self.data, SpilledBytes):
+                self.data.append(encoded)
+            else:
+                self.data += encoded
+            self.size += len(encoded)
+            self.ends.append(self.size)
+        return self
+
+    def finish(self) -> StringColumn:
+        ends = np.frombuffer(self.ends, dtype=np.int64) if len(self.ends) else np.zeros(0, dtype=np.int64)
+        if isinstance(self.data, SpilledBytes):
+            return StringColumn(self.data.finish(), ends)
+        return StringColumn(np.frombuffer(bytes(self.data), dtype=np.uint8), ends)
+
+
 class StringColumn(Sequence[str]):
-    """Texts as one UTF-8 blob and their end offsets (module docstring)."""
+    """Texts as one UTF-8 blob and their end offsets (module docstring); the blob is a ``uint8``
+    array, or :class:`SpilledBytes` on disk (``StringColumnBuilder(spill=True)``)."""
 
     __slots__ = ("data", "ends")
 
-    def __init__(self, data: np.ndarray, ends: np.ndarray):
-        self.data, self.ends = data, ends  # uint8 [bytes], int64 [rows]: row i is data[ends[i-1]:ends[i]]
+    def __init__(self, data: np.ndarray | SpilledBytes, ends: np.ndarray):
+        self.data, self.ends = data, ends  # bytes, int64 [rows]: row i is data[ends[i-1]:ends[i]]
 
     @classmethod
-    def of(cls, texts: Iterable[str]) -> StringColumn:
-        blob, ends = bytearray(), []
-        for text in texts:
-            blob += text.encode("utf-8")
-            ends.append(len(blob))
-        return cls(np.frombuffer(bytes(blob), dtype=np.uint8), np.array(ends, dtype=np.int64))
+    def of(cls, texts: Iterable[str], spill: bool = False) -> StringColumn:
+        return StringColumnBuilder(spill).extend(texts).finish()
 
-    @classmethod
-    def concat(cls, parts: Sequence[StringColumn]) -> StringColumn:
-        if not parts:
-            return cls.of([])
-        offsets = np.cumsum([0] + [len(p.data) for p in parts[:-1]])
-        return cls(np.concatenate([p.data for p in parts]),
-                   np.concatenate([p.ends + offset for p, offset in zip(parts, offsets, strict=True)]))
+    @property
+    def spilled(self) -> bool:
+        return isinstance(self.data, SpilledBytes)
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -195,8 +241,10 @@ class StringColumn(Sequence[str]):
             index = int(index) + (len(self) if index < 0 else 0)
             if not 0 <= index < len(self):
                 raise IndexError(index)
-            start = int(self.ends[index - 1]) if index else 0
-            return self.data[start : int(self.ends[index])].tobytes().decode("utf-8")
+            start, stop = int(self.ends[index - 1]) if index else 0, int(self.ends[index])
+            if isinstance(self.data, SpilledBytes):
+                return self.data.read(start, stop).decode("utf-8")
+            return self.data[start:stop].tobytes().decode("utf-8")
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         return [self[int(i)] for i in np.asarray(index).ravel()]
@@ -213,8 +261,13 @@ class StringColumn(Sequence[str]):
     __hash__ = None  # type: ignore[assignment]
 
     def select(self, rows: np.ndarray) -> StringColumn:
-        """The column of ``rows`` (in that order), built without a ``str`` per row."""
+        """The column of ``rows`` (in that order), built without a ``str`` per row kept; all rows in
+        order give the column itself (no copy)."""
         rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == len(self) and np.array_equal(rows, np.arange(len(self))):
+            return self
+        if isinstance(self.data, SpilledBytes):
+            return StringColumn.of((self[int(i)] for i in rows), spill=True)
         starts = np.concatenate([[0], self.ends[:-1]])[rows] if len(self) else np.zeros(0, dtype=np.int64)
         lengths = self.ends[rows] - starts
         ends = np.cumsum(lengths)
@@ -229,5 +282,5 @@ class StringColumn(Sequence[str]):
 
     @property
     def nbytes(self) -> int:
-        return int(self.data.nbytes + self.ends.nbytes)
-
+        """Bytes held in memory (a spilled blob is on disk)."""
+        return int(self.ends.nbytes + (0 if isinstance(self.data, SpilledBytes) else self.data.nbytes))

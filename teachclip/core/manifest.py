@@ -23,11 +23,12 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import numpy as np
 
-from teachclip.core.columns import MAX_ID_CHARS, IdColumn, StringColumn
+from teachclip.core.columns import MAX_ID_CHARS, IdColumn, StringColumn, StringColumnBuilder
 from teachclip.core.errors import InputError
 from teachclip.core.fingerprint import canonical_json, sha256_file
 
@@ -152,7 +153,7 @@ def _manifest_hash(videos: Iterable[Video], captions: Iterable[tuple[str, str, s
         digest.update((b"," if i else b"") + canonical_json(list(caption)).encode())
     digest.update(b'],"version":' + canonical_json(MANIFEST_FINGERPRINT_VERSION).encode() + b',"videos":[')
     for i, video in enumerate(videos):
-        entry = [video.video_id, video.split, _file_identity(video.path, mode)]
+        entry = [video.video_id, video.split, _file_identity(video.path_text, mode)]
         if video.start is not None or video.end is not None:
             entry.append([video.start, video.end])  # only clipped videos change the hash format
         digest.update((b"," if i else b"") + canonical_json(entry).encode())
@@ -291,10 +292,15 @@ def split_data(manifest: Manifest, split: str, store_video_ids: Sequence[str], s
     )
 
 
-def _file_identity(path: Path, mode: str) -> list:
-    if not path.is_file():
-        return ["missing" if not path.exists() else "not-a-file"]
-    stat = path.stat()
+def _file_identity(path: str | Path, mode: str) -> list:
+    """[size, mtime or sha256] of a video file, or a marker for a missing one. Takes the path as text
+    (a ``Path`` per video would intern every path component in a table that never shrinks)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        stat = None
+    if stat is None or not S_ISREG(stat.st_mode):
+        return ["missing" if stat is None else "not-a-file"]
     if mode == "stat":
         return [stat.st_size, stat.st_mtime_ns]
     if mode == "content":
@@ -510,22 +516,23 @@ def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS, *, keep
 
 
 def _streamed_split(root: Path, allowed: tuple[str, ...], split: str, index: ManifestIndex) -> SplitColumns:
-    """:meth:`Manifest.split_columns` read from the files: ids, texts and positions as columns."""
+    """:meth:`Manifest.split_columns` read from the files: ids and positions as columns, the texts in a
+    temporary file (:class:`~teachclip.core.columns.SpilledBytes`)."""
     code = allowed.index(split)
     video_ids = IdColumn(index.video_ids.array[index.video_split == code])
-    id_parts, text_parts, video_parts = [], [], []
+    id_parts, video_parts = [], []
+    texts = StringColumnBuilder(spill=True)  # on disk: read back per batch (train-student tokenizes per step)
     for chunk in _chunks(_caption_rows(root)):
         found = index.split_of(IdColumn.of(row[2] for row in chunk), root / "captions.csv", [row[0] for row in chunk],
                                [row[1] for row in chunk])
         mine = np.flatnonzero(index.video_split[found] == code)
         if len(mine):
             id_parts.append(IdColumn.of(chunk[i][1] for i in mine).array)
-            text_parts.append(StringColumn.of(chunk[i][3] for i in mine))
+            texts.extend(chunk[i][3] for i in mine)
             video_parts.append(video_ids.positions(IdColumn(index.video_ids.array[found[mine]])))
     if not id_parts:
         return SplitColumns(video_ids, IdColumn.of([]), StringColumn.of([]), np.zeros(0, dtype=np.int64))
-    return SplitColumns(video_ids, IdColumn(np.concatenate(id_parts)), StringColumn.concat(text_parts),
-                        np.concatenate(video_parts))
+    return SplitColumns(video_ids, IdColumn(np.concatenate(id_parts)), texts.finish(), np.concatenate(video_parts))
 
 
 def _streamed_fingerprint(root: Path, allowed: tuple[str, ...], mode: str, index: ManifestIndex) -> str:
