@@ -32,9 +32,12 @@ computed once and kept in memory (4 d bytes per caption), and
 the steps only run the head (fast on CPU); every training video's per-frame features are computed once
 and kept in memory too when the input is a frames store, while a frame-features store is read batch by
 batch like in any other run (its features *are* that computation, and a collection of millions of
-videos does not fit in RAM). What a run holds per training caption or video is its ids, its captions
-and the sparse teacher arrays; frames, features and dense teacher scores are read per batch
-(``bench/scale_training.py``, docs/benchmarks.md).
+videos does not fit in RAM). What a run holds per training caption or video is a few numpy columns:
+ids (fixed-width bytes, joined by binary search), index arrays of the sampler and the joins; the
+manifest is read as columns (objects only for the evaluation split), caption texts wait in a
+temporary file until their batch, and frames, features and teacher scores are read per batch (a
+sparse group over 64 MiB, or any group with ``cache_in_memory: false``). ``bench/scale_training.py``
+measures it (docs/benchmarks.md).
 
 Distributed: launch with ``torchrun --nproc_per_node N -m teachclip.cli train-student ...``. The
 global batch (``batch_size``) is split over the ranks; text vectors, video vectors, AFA weights and

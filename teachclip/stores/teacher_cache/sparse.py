@@ -68,7 +68,7 @@ from teachclip.stores.teacher_cache.schema import (
     open_root,
     parse_group_attributes,
 )
-from teachclip.stores.zarr_io import create_array, partial_path, write_strings
+from teachclip.stores.zarr_io import RowReader, create_array, partial_path, write_strings
 
 __all__ = ["CANDIDATE_FILL", "FILL_RULE", "NEIGHBOUR_SCORES", "NEIGHBOUR_VIDEOS", "OWN_SCORE", "REST_MEAN", "SparseGroup", "candidate_fingerprint",
            "create_candidate_group", "is_sparse", "sparse_fingerprint", "sparsify", "top_k_of_rows",
@@ -281,6 +281,7 @@ class SparseGroup(GroupReader):
         self.top_k: int = self.checked.sparse.top_k
         self._last_rows: bytes | None = None
         self._last_values: dict[str, np.ndarray] = {}
+        self._row_readers: dict[str, RowReader | None] = {}
         try:
             self._arrays: dict[str, Any] = {name: self.group[name] for name in SPARSE_ARRAYS}
         except KeyError as exc:
@@ -352,14 +353,29 @@ class SparseGroup(GroupReader):
         return [self._last_values[name][position] for name in names]  # copies: the cache stays as read
 
     def _read_rows(self, name: str, unique_rows: np.ndarray) -> np.ndarray:
-        source = self._arrays[name]
+        source = self._arrays[name] if name != RELEVANCE else self._relevance
         if not len(unique_rows):
             return np.zeros((0, *source.shape[1:]), dtype=source.dtype)
-        values = self._read_checked(source.oindex, (unique_rows,) + (slice(None),) * (source.ndim - 1), name)
+        if name not in self._row_readers:  # the chunk files read directly where the layout allows (zarr_io.RowReader)
+            self._row_readers[name] = RowReader.open(self.path / name)
+        reader = self._row_readers[name]
+        if reader is None:
+            values = self._read_checked(source.oindex, (unique_rows,) + (slice(None),) * (source.ndim - 1), name)
+        else:
+            try:
+                values = reader.read(unique_rows)
+            except ValueError as exc:
+                raise TeacherCacheError(f"{self.path}: corrupt chunk ({exc}); run `teach cache verify`") from exc
         if name == NEIGHBOUR_VIDEOS:  # a chunk changed since the open-time check
             self._check_neighbours(neighbour_problems(values, self.layout.n_videos, rows=unique_rows))
             return values
         return self._finite(values, name, unique_rows)
+
+    def frame_relevance(self, text_rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        if self._relevance is None or isinstance(self._relevance, np.ndarray) or not self.complete:
+            return super().frame_relevance(text_rows)
+        unique_rows, position = np.unique(self._rows(text_rows), return_inverse=True)
+        return self._read_rows(RELEVANCE, unique_rows)[position].astype(np.float32)
 
     def neighbours(self, text_rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(video columns int64 [n, K], scores float32 [n, K]) of each caption's stored top-k."""
