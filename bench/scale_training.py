@@ -1,7 +1,7 @@
 """Benchmark: train-student's memory and per-step cost against the collection size (10k, 100k, 1M videos).
 
     nice -n 10 python bench/scale_training.py [--sizes 10000 100000 1000000] [--backbone teachclip-demo] [--freeze-text] [--frames 12]
-        [--steps 40] [--batch-size 64] [--top-k 32] [--workdir /work/tmp-scale]
+        [--steps 40] [--batch-size 64] [--top-k 32] [--cache-in-memory auto|true|false] [--workdir /work/tmp-scale]
 
 For each size N a WebVid-like collection is written under ``--workdir`` (deleted afterwards): a manifest
 of N train videos with one caption each, a frame-features store (``features.zarr``, random float16
@@ -11,7 +11,7 @@ of :mod:`teachclip.stores.teacher_cache.sparse`, random values). ``teach train-s
 then runs ``--steps`` steps in a fresh process (features mode: frozen image tower, the text tower
 trains, coarse + fine teaching), and that process reports
 
-- ``peak_rss_mib``: its peak resident memory (``ru_maxrss``), and ``rss_before_training_mib``: what it
+- ``peak_rss_mib``: its peak resident memory (``VmHWM``), and ``rss_before_training_mib``: what it
   held when the first step began (model, manifest, ids, samplers: the per-collection metadata);
 - ``step_seconds``: the median process CPU time of a step (steps 3 and later);
 - ``read_bytes_per_step``: bytes the process read through system calls per step (``rchar`` of
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -50,7 +49,9 @@ def configs(args: argparse.Namespace):
 
     student = StudentConfig(backbone=BackboneConfig(name=args.backbone, freeze_visual=True, precision="fp32",
                                                     max_words=16, freeze_text=args.freeze_text))
-    train = TrainStudentConfig(batch_size=args.batch_size, epochs=1, teachers=None, seed=0, eval_every=1)
+    in_memory = {"auto": None, "true": True, "false": False}[args.cache_in_memory]
+    train = TrainStudentConfig(batch_size=args.batch_size, epochs=1, teachers=None, seed=0, eval_every=1,
+                               cache_in_memory=in_memory)
     return student, train, EvaluateConfig(), ComputeConfig(device="cpu", scheduler="sync")
 
 
@@ -59,9 +60,9 @@ def read_chars() -> int:
         return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 1024
 
 
 class Enough(Exception):
@@ -105,7 +106,9 @@ def measure(args: argparse.Namespace) -> dict:
         pass
     steady = slice(2, None)  # the first steps warm up caches and allocators
     per_step_reads = np.diff(reads)[steady]
-    return {"steps": len(seconds), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # VmHWM, this process image's own peak: ru_maxrss would keep the peak of the process it was forked
+    # from across exec (Linux), i.e. the driver that just wrote the collection (~1.4 GB at 1M)
+    return {"steps": len(seconds), "peak_rss_mib": rss_mib("VmHWM"),
             "rss_before_training_mib": rss_start[0] if rss_start else None,
             "step_seconds": statistics.median(seconds[steady]),
             "read_bytes_per_step": int(np.median(per_step_reads))}
@@ -126,7 +129,8 @@ def run_size(args: argparse.Namespace, n: int) -> dict:
         built = time.perf_counter() - started
         disk = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         command = [sys.executable, __file__, "--child", str(root), "--steps", str(args.steps), "--batch-size",
-                   str(args.batch_size), "--backbone", args.backbone] + (["--freeze-text"] if args.freeze_text else [])
+                   str(args.batch_size), "--backbone", args.backbone, "--cache-in-memory", args.cache_in_memory] + (
+                   ["--freeze-text"] if args.freeze_text else [])
         child = subprocess.run(command, check=True, capture_output=True, text=True)
         row = {"videos": n, "captions": n, "disk_bytes": disk, "build_seconds": round(built, 1),
                **json.loads(child.stdout)}
@@ -142,6 +146,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="teachclip-demo", help="the student's open_clip model (its "
                         "embed_dim is the features' d: teachclip-demo 128, ViT-B-32 512)")
     parser.add_argument("--freeze-text", action="store_true", help="freeze the text tower too (head-only steps)")
+    parser.add_argument("--cache-in-memory", choices=("auto", "true", "false"), default="auto",
+                        help="train_student.cache_in_memory (auto: by size, a sparse group over 64 MiB is read per batch)")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -165,6 +171,7 @@ def main() -> None:
     base = rows[0]
     keys = ("peak_rss_mib", "rss_before_training_mib", "step_seconds", "read_bytes_per_step")
     emit({"benchmark": "scale_training", "backbone": args.backbone, "dim": dim, "freeze_text": args.freeze_text,
+          "cache_in_memory": args.cache_in_memory,
           "frames": args.frames,
           "batch_size": args.batch_size, "top_k": args.top_k, "steps": args.steps, "sizes": rows,
           "ratios": {str(r["videos"]): {k: round(r[k] / base[k], 3) if base[k] else None for k in keys}
