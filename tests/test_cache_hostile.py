@@ -720,7 +720,7 @@ class TestDamagedStores:
         "array metadata deleted": (lambda self, g: (g / "frame_relevance" / "zarr.json").unlink(),
                                    "frame_relevance: missing or unreadable array metadata"),
         "an ids chunk claiming 2*10^8 ids": (lambda self, g: (g / "text_ids" / "c" / "0").write_bytes(
-            chunk_file(struct.pack("<I", 200_000_000))), "text_ids: chunk c/0 holds 200000000 ids where the layout says 10"),
+            chunk_file(struct.pack("<I", 200_000_000))), "text_ids: chunk c/0 holds 200000000 ids where 10 are expected"),
         "a chunk that decodes to 64 MB": (lambda self, g: (g / "text_video" / "c" / "0").write_bytes(
             chunk_file(bytes(64 << 20))), "text_video: chunk c/0 declares 67108864 decoded bytes, not 40"),
         "a chunk that is not zstd": (lambda self, g: (g / "text_video" / "c" / "0").write_bytes(b"PK\x03\x04" + bytes(60)),

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from teachclip.core.columns import IdColumn
-from teachclip.core.files import read_at_most
 from teachclip.core.fingerprint import canonical_json
 from teachclip.stores.teacher_cache.schema import (
     MAX_CHUNK_BYTES,
@@ -53,7 +52,7 @@ from teachclip.stores.zarr_io import (
     check_chunk_presence,
     chunk_grid,
     grid_indices,
-    zstd_content_size,
+    read_id_column,
 )
 
 CONTENT_HASH_VERSION = "teachclip-content-v1"
@@ -174,50 +173,18 @@ def check_group_files(path: Path, attrs: GroupAttributes, max_problems: int = MA
 
 def read_ids(array_path: Path, count: int) -> IdColumn:
     """The ids of a one-chunk string array (``text_ids``, ``video_ids``) holding ``count`` ids, as an
-    :class:`~teachclip.core.columns.IdColumn` (no Python object per id).
-
-    Decoded here, not by zarr, so that nothing is sized by a number inside the file before it is
-    compared with ``count``: the chunk's checksum, its zstd frame's declared size (at most ``count``
-    ids of ``MAX_ID_LENGTH``) and its item count are checked first. An id longer than
-    ``MAX_ID_LENGTH`` characters, not UTF-8, or with a NUL character is refused."""
-    import google_crc32c
-    from numcodecs import Zstd
-
-    name = array_path.name
-    chunk = array_path / "c" / "0"
-    limit = 4 + count * (4 + 4 * MAX_ID_LENGTH)
+    :class:`~teachclip.core.columns.IdColumn` (no Python object per id), read by
+    :func:`teachclip.stores.zarr_io.read_id_column`: nothing is sized by a number inside the file
+    before it is compared with ``count`` (the layout, the chunk's checksum, its zstd frame's declared
+    size, its item count), and an id longer than ``MAX_ID_LENGTH`` characters, not UTF-8, or with a
+    NUL character is refused."""
     try:
-        if chunk.is_symlink():
-            raise TeacherCacheError(f"{name}: chunk c/0 is a link")
-        with open(chunk, "rb") as handle:
-            data = read_at_most(handle, limit + limit // 64 + 4096)
-    except OSError as exc:
-        raise TeacherCacheError(f"{name}: chunk c/0 is missing or unreadable ({exc.strerror or exc})") from exc
-    if len(data) > limit + limit // 64 + 4096:
-        raise TeacherCacheError(f"{name}: chunk c/0 is larger than {count} ids can be")
-    if len(data) < 4 or struct.pack("<I", google_crc32c.value(data[:-4])) != data[-4:]:
-        raise TeacherCacheError(f"{name}: chunk c/0 fails its crc32c checksum")
-    declared = zstd_content_size(data[:-4])
-    if declared is None or declared > limit:
-        raise TeacherCacheError(f"{name}: chunk c/0 declares no size or more than {count} ids can take")
-    try:
-        raw = Zstd().decode(data[:-4])
-    except Exception as exc:  # numcodecs raises RuntimeError/ValueError on a corrupt frame
-        raise TeacherCacheError(f"{name}: chunk c/0 does not decompress ({exc})") from exc
-    del data
-    raw = memoryview(raw).cast("B")
-    if len(raw) < 4 or struct.unpack_from("<I", raw, 0)[0] != count:
-        found = struct.unpack_from("<I", raw, 0)[0] if len(raw) >= 4 else "no"
-        raise TeacherCacheError(f"{name}: chunk c/0 holds {found} ids where the layout says {count}")
-    try:
-        return IdColumn.from_vlen_utf8(raw, count, MAX_ID_LENGTH)
-    except ValueError as exc:  # truncated, not UTF-8, too long, a NUL character
+        return read_id_column(array_path, count, MAX_ID_LENGTH)
+    except ValueError as exc:
         reason = str(exc)
         if "longer than" in reason:
-            raise TeacherCacheError(f"{name}: an id longer than {MAX_ID_LENGTH} characters") from exc
-        if "NUL" in reason:
-            raise TeacherCacheError(f"{name}: an id contains a NUL character ({reason})") from exc
-        raise TeacherCacheError(f"{name}: ids do not decode ({reason})") from exc
+            raise TeacherCacheError(f"{array_path.name}: an id longer than {MAX_ID_LENGTH} characters") from exc
+        raise TeacherCacheError(reason) from exc
 
 
 def id_column(ids: Sequence[str] | IdColumn, name: str) -> IdColumn:
