@@ -1,7 +1,8 @@
 """Benchmark: train-student's memory and per-step cost against the collection size (10k, 100k, 1M videos).
 
     nice -n 10 python bench/scale_training.py [--sizes 10000 100000 1000000] [--backbone teachclip-demo] [--freeze-text] [--frames 12]
-        [--steps 40] [--batch-size 64] [--top-k 32] [--cache-in-memory auto|true|false] [--workdir /work/tmp-scale]
+        [--steps 40] [--batch-size 64] [--top-k 32] [--cache-in-memory auto|true|false]
+        [--sampler caption_per_video|candidates] [--workdir /work/tmp-scale]
 
 For each size N a WebVid-like collection is written under ``--workdir`` (deleted afterwards): a manifest
 of N train videos with one caption each, a frame-features store (``features.zarr``, random float16
@@ -51,7 +52,7 @@ def configs(args: argparse.Namespace):
                                                     max_words=16, freeze_text=args.freeze_text))
     in_memory = {"auto": None, "true": True, "false": False}[args.cache_in_memory]
     train = TrainStudentConfig(batch_size=args.batch_size, epochs=1, teachers=None, seed=0, eval_every=1,
-                               cache_in_memory=in_memory)
+                               cache_in_memory=in_memory, sampler=args.sampler)
     return student, train, EvaluateConfig(), ComputeConfig(device="cpu", scheduler="sync")
 
 
@@ -129,7 +130,8 @@ def run_size(args: argparse.Namespace, n: int) -> dict:
         built = time.perf_counter() - started
         disk = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         command = [sys.executable, __file__, "--child", str(root), "--steps", str(args.steps), "--batch-size",
-                   str(args.batch_size), "--backbone", args.backbone, "--cache-in-memory", args.cache_in_memory] + (
+                   str(args.batch_size), "--backbone", args.backbone, "--cache-in-memory", args.cache_in_memory,
+                   "--sampler", args.sampler] + (
                    ["--freeze-text"] if args.freeze_text else [])
         child = subprocess.run(command, check=True, capture_output=True, text=True)
         row = {"videos": n, "captions": n, "disk_bytes": disk, "build_seconds": round(built, 1),
@@ -148,6 +150,8 @@ def main() -> None:
     parser.add_argument("--freeze-text", action="store_true", help="freeze the text tower too (head-only steps)")
     parser.add_argument("--cache-in-memory", choices=("auto", "true", "false"), default="auto",
                         help="train_student.cache_in_memory (auto: by size, a sparse group over 64 MiB is read per batch)")
+    parser.add_argument("--sampler", choices=("caption_per_video", "candidates"), default="caption_per_video",
+                        help="train_student.sampler (candidates: a quarter of each batch from the seeds' cached candidates)")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -171,7 +175,7 @@ def main() -> None:
     base = rows[0]
     keys = ("peak_rss_mib", "rss_before_training_mib", "step_seconds", "read_bytes_per_step")
     emit({"benchmark": "scale_training", "backbone": args.backbone, "dim": dim, "freeze_text": args.freeze_text,
-          "cache_in_memory": args.cache_in_memory,
+          "cache_in_memory": args.cache_in_memory, "sampler": args.sampler,
           "frames": args.frames,
           "batch_size": args.batch_size, "top_k": args.top_k, "steps": args.steps, "sizes": rows,
           "ratios": {str(r["videos"]): {k: round(r[k] / base[k], 3) if base[k] else None for k in keys}
