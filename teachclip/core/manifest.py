@@ -537,14 +537,44 @@ def _streamed_split(root: Path, allowed: tuple[str, ...], split: str, index: Man
 
 def _streamed_fingerprint(root: Path, allowed: tuple[str, ...], mode: str, index: ManifestIndex) -> str:
     """:meth:`Manifest.fingerprint` read from the files: in file order when a file is sorted by id
-    (nothing held), else sorted in memory."""
+    (nothing held), else through columns sorted by id (:func:`_sorted_rows`: ids, offsets and a
+    temporary file of the rows' text, never an object per row)."""
     videos = (video for _, video in _video_rows(root, allowed))
     captions = ((row[1], row[2], row[3]) for row in _caption_rows(root))
     if not index.videos_sorted:
-        videos = iter(sorted(videos, key=lambda v: v.video_id))
+        videos = (Video(video_id, path, allowed[int(split)], *(None if math.isnan(b) else float(b) for b in bounds))
+                  for video_id, path, split, *bounds in _sorted_rows(
+                      (v.video_id, v.path_text, allowed.index(v.split), _nan(v.start), _nan(v.end)) for v in videos))
     if not index.captions_sorted:
-        captions = iter(sorted(captions))
+        captions = ((caption_id, video_id, text) for caption_id, video_id, text in _sorted_rows(captions))
     return _manifest_hash(videos, captions, mode)
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _sorted_rows(rows: Iterable[tuple]) -> Iterator[tuple]:
+    """``rows`` (an id, then texts or numbers) again, sorted by their id: the ids as an IdColumn, the
+    texts spilled to temporary files (StringColumn), the numbers as arrays; one row rebuilt at a time."""
+    ids, columns = [], None
+    for chunk in _chunks(rows):
+        ids.append(IdColumn.of(row[0] for row in chunk).array)
+        if columns is None:
+            columns = [StringColumnBuilder(spill=True) if isinstance(value, str) else [] for value in chunk[0][1:]]
+        for position, column in enumerate(columns, start=1):
+            if isinstance(column, StringColumnBuilder):
+                column.extend(row[position] for row in chunk)
+            else:
+                column.append(np.array([row[position] for row in chunk], dtype=np.float64))
+    if columns is None:
+        return
+    order = np.argsort(np.concatenate(ids), kind="stable")
+    ordered_ids = IdColumn(np.concatenate(ids)[order])
+    del ids
+    values = [column.finish() if isinstance(column, StringColumnBuilder) else np.concatenate(column) for column in columns]
+    for rank, row in enumerate(order):
+        yield (ordered_ids[rank], *(value[int(row)] for value in values))
 
 
 def write_manifest(
