@@ -26,7 +26,7 @@ STATE_FORMAT_VERSION = 1
 STATE_JSON = "training_state.json"
 CHECKPOINT_DIR = "checkpoint"  # inside a run's output directory
 # fields of a training config that do not change the trained weights: a resume may change them
-RESUME_FREE_FIELDS = {"prefetch", "eval_every"}
+RESUME_FREE_FIELDS = {"prefetch", "eval_every", "cache_in_memory"}
 
 
 class TrainingStateError(InputError):
