@@ -241,3 +241,30 @@ def test_text_and_video_index_name_the_missing_ids(small):
     with pytest.raises(TeacherCacheError, match=r"1 video id\(s\) not in the cache, e\.g\. \['a\\x00b'\]"):
         group.video_index(["v0000001", "a\x00b"])  # no column can hold it: missing, not a crash
     assert group.text_index([]).shape == (0,)
+
+
+def test_a_lazy_group_read_from_two_threads_gives_each_its_rows(tmp_path):
+    """train-student's candidates sampler asks for neighbours in the prefetch thread while the step
+    reads soft labels: the per-call memo must not hand one thread the other's rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = tmp_path / "teachers.zarr"
+    write_sparse_group(store, 3000, 700, top_k=8, chunk=256)
+    lazy, loaded = SparseGroup(store / "teacher", in_memory=False), SparseGroup(store / "teacher", in_memory=True)
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 3000, size=int(rng.integers(20, 70))) for _ in range(200)]
+
+    def sampler():
+        return [lazy.neighbours(rows)[0] for rows in batches]
+
+    def step():
+        return [(lazy.similarity_block(rows, rows % 700), lazy.frame_relevance(rows)) for rows in batches[::-1]]
+
+    with ThreadPoolExecutor(2) as pool:
+        neighbours, labels = pool.submit(sampler), pool.submit(step)
+        neighbours, labels = neighbours.result(), labels.result()
+    for rows, got in zip(batches, neighbours, strict=True):
+        np.testing.assert_array_equal(got, loaded.neighbours(rows)[0])
+    for rows, (block, relevance) in zip(batches[::-1], labels, strict=True):
+        np.testing.assert_array_equal(block, loaded.similarity_block(rows, rows % 700))
+        np.testing.assert_array_equal(relevance, loaded.frame_relevance(rows))

@@ -279,8 +279,7 @@ class SparseGroup(GroupReader):
                                     f"{expected_fill!r} for this kind of sparse group")
         self.candidates = self.checked.sparse.candidates  # None for a `teach cache sparsify` group
         self.top_k: int = self.checked.sparse.top_k
-        self._last_rows: bytes | None = None
-        self._last_values: dict[str, np.ndarray] = {}
+        self._last: tuple[bytes | None, dict[str, np.ndarray]] = (None, {})
         self._row_readers: dict[str, RowReader | None] = {}
         try:
             self._arrays: dict[str, Any] = {name: self.group[name] for name in SPARSE_ARRAYS}
@@ -345,12 +344,16 @@ class SparseGroup(GroupReader):
             return [self._arrays[name][rows] for name in names]
         unique_rows, position = np.unique(rows, return_inverse=True)
         key = unique_rows.tobytes()
-        if self._last_rows != key:  # the last rows' values serve the next call on the same rows (known_mask
-            self._last_rows, self._last_values = key, {}  # after similarity_block): one batch's rows at most
+        # the last rows' values serve the next call on the same rows (known_mask after similarity_block):
+        # one batch's rows at most. A sampler may read from another thread (the prefetch thread): each
+        # call works on its own copy of the memo and replaces it whole, never mutating a shared one
+        last_key, last = self._last
+        values = dict(last) if last_key == key else {}
         for name in names:
-            if name not in self._last_values:
-                self._last_values[name] = self._read_rows(name, unique_rows)
-        return [self._last_values[name][position] for name in names]  # copies: the cache stays as read
+            if name not in values:
+                values[name] = self._read_rows(name, unique_rows)
+        self._last = (key, values)
+        return [values[name][position] for name in names]  # copies: the cache stays as read
 
     def _read_rows(self, name: str, unique_rows: np.ndarray) -> np.ndarray:
         source = self._arrays[name] if name != RELEVANCE else self._relevance
