@@ -65,3 +65,8 @@ def test_a_spilled_column_reads_its_texts_from_disk():
     picked = column.select(np.array([5, 2999, 5]))
     assert picked.spilled and list(picked) == [texts[5], texts[2999], texts[5]]
     assert StringColumn.of([], spill=True) == []
+
+
+def test_an_id_no_column_can_hold_is_absent():
+    column = IdColumn.of(sorted(["a", "b", "c"]))
+    assert column.positions(["b", "bad\x00", "\ud800", "c"]).tolist() == [1, -1, -1, 2]

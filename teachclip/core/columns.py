@@ -36,6 +36,15 @@ def _encoded(value: str) -> bytes:
     return value.encode("utf-8")
 
 
+def _storable(value: str) -> bool:
+    """Whether an IdColumn can hold ``value`` (UTF-8 encodable, no NUL character)."""
+    try:
+        _encoded(value)
+    except ValueError:  # UnicodeEncodeError is one too
+        return False
+    return True
+
+
 class IdColumn(Sequence[str]):
     """Ids as a fixed-width byte array (module docstring)."""
 
@@ -154,8 +163,16 @@ class IdColumn(Sequence[str]):
         return IdColumn(np.unique(ordered[1:][ordered[1:] == ordered[:-1]]))
 
     def positions(self, wanted: Iterable[str] | IdColumn) -> np.ndarray:
-        """int64: the position of each of ``wanted`` in this column, -1 where absent. This column must
-        be sorted and unique (:meth:`is_sorted_unique`); a binary search per id, no dict."""
+        """int64: the position of each of ``wanted`` in this column, -1 where absent (an id no column
+        can hold, with a NUL character or not encodable, is absent). This column must be sorted and
+        unique (:meth:`is_sorted_unique`); a binary search per id, no dict."""
+        if not isinstance(wanted, IdColumn):
+            wanted = list(wanted)
+            storable = np.fromiter((_storable(value) for value in wanted), dtype=bool, count=len(wanted))
+            if not storable.all():
+                found = np.full(len(wanted), -1, dtype=np.int64)
+                found[storable] = self.positions([v for v, ok in zip(wanted, storable, strict=True) if ok])
+                return found
         wanted = IdColumn.of(wanted).array
         if not len(self):
             return np.full(len(wanted), -1, dtype=np.int64)

@@ -21,7 +21,7 @@ import hashlib
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
@@ -460,36 +460,32 @@ def check_manifest(root: Path, allowed: tuple[str, ...] = SPLITS) -> ManifestInd
     caption's video listed), holding columns of ids only (:mod:`teachclip.core.columns`), never an
     object per row. ManifestError names the file, the line and the reason."""
     videos_csv, captions_csv = root / "videos.csv", root / "captions.csv"
-    id_parts, split_parts, videos_sorted, last = [], [], True, None
+    id_parts, split_parts = [], []
     for chunk in _chunks(_video_rows(root, allowed)):
-        ids = IdColumn.of(video.video_id for _, video in chunk)
-        id_parts.append(ids.array)
+        id_parts.append(IdColumn.of(video.video_id for _, video in chunk).array)
         split_parts.append(np.array([allowed.index(video.split) for _, video in chunk], dtype=np.uint8))
-        videos_sorted = videos_sorted and ids.is_sorted_unique() and (last is None or ids.array[0] > last)
-        last = ids.array[-1]
     if not id_parts:
         raise ManifestError(f"{videos_csv}: no videos")
     file_ids = IdColumn(np.concatenate(id_parts))
     del id_parts
+    videos_sorted = file_ids.is_sorted_unique()  # sorted and unique: no duplicate to look for
     if not videos_sorted and len(repeated := file_ids.repeated()):
         raise _duplicate_error(videos_csv, ((line, video.video_id) for line, video in _video_rows(root, allowed)),
                                repeated, "video_id")
     order = np.argsort(file_ids.array, kind="stable")
-    index = ManifestIndex(IdColumn(file_ids.array[order]), np.concatenate(split_parts)[order], videos_sorted, True)
+    index = ManifestIndex(IdColumn(file_ids.array[order]), np.concatenate(split_parts)[order], videos_sorted, False)
     del file_ids, split_parts, order
-    caption_parts, captions_sorted, last = [], True, None
+    caption_parts = []
     for chunk in _chunks(_caption_rows(root)):
         ids = IdColumn.of(row[1] for row in chunk)
         index.split_of(IdColumn.of(row[2] for row in chunk), captions_csv, [row[0] for row in chunk], ids)
         caption_parts.append(ids.array)
-        captions_sorted = captions_sorted and ids.is_sorted_unique() and (last is None or ids.array[0] > last)
-        last = ids.array[-1]
-    if not captions_sorted and caption_parts:
-        repeated = IdColumn(np.concatenate(caption_parts)).repeated()
-        if len(repeated):
-            raise _duplicate_error(captions_csv, ((row[0], row[1]) for row in _caption_rows(root)), repeated,
-                                   "caption_id")
-    return ManifestIndex(index.video_ids, index.video_split, videos_sorted, captions_sorted)
+    caption_ids = IdColumn(np.concatenate(caption_parts)) if caption_parts else IdColumn.of([])
+    del caption_parts
+    captions_sorted = caption_ids.is_sorted_unique()
+    if not captions_sorted and len(repeated := caption_ids.repeated()):
+        raise _duplicate_error(captions_csv, ((row[0], row[1]) for row in _caption_rows(root)), repeated, "caption_id")
+    return replace(index, captions_sorted=captions_sorted)
 
 
 def load_manifest(directory: str | Path, splits: Iterable[str] = SPLITS, *, keep: Iterable[str] | None = None) -> Manifest:
@@ -519,7 +515,9 @@ def _streamed_split(root: Path, allowed: tuple[str, ...], split: str, index: Man
     """:meth:`Manifest.split_columns` read from the files: ids and positions as columns, the texts in a
     temporary file (:class:`~teachclip.core.columns.SpilledBytes`)."""
     code = allowed.index(split)
-    video_ids = IdColumn(index.video_ids.array[index.video_split == code])
+    in_split = index.video_split == code
+    video_ids = IdColumn(index.video_ids.array[in_split])
+    position_in_split = np.cumsum(in_split) - 1  # of each manifest video in video_ids (both sorted by id)
     id_parts, video_parts = [], []
     texts = StringColumnBuilder(spill=True)  # on disk: read back per batch (train-student tokenizes per step)
     for chunk in _chunks(_caption_rows(root)):
@@ -529,7 +527,7 @@ def _streamed_split(root: Path, allowed: tuple[str, ...], split: str, index: Man
         if len(mine):
             id_parts.append(IdColumn.of(chunk[i][1] for i in mine).array)
             texts.extend(chunk[i][3] for i in mine)
-            video_parts.append(video_ids.positions(IdColumn(index.video_ids.array[found[mine]])))
+            video_parts.append(position_in_split[found[mine]])
     if not id_parts:
         return SplitColumns(video_ids, IdColumn.of([]), StringColumn.of([]), np.zeros(0, dtype=np.int64))
     return SplitColumns(video_ids, IdColumn(np.concatenate(id_parts)), texts.finish(), np.concatenate(video_parts))

@@ -364,12 +364,7 @@ class FramesStore:
         sorted ids; FramesStoreError naming the ids this store does not hold."""
         if not isinstance(video_ids, IdColumn):
             video_ids = list(video_ids)
-        try:
-            positions = self.video_ids.positions(video_ids)
-        except ValueError:  # an id with a NUL character, which no store holds
-            clean = np.array(["\x00" not in v for v in video_ids], dtype=bool)
-            positions = np.full(len(video_ids), -1, dtype=np.int64)
-            positions[clean] = self.video_ids.positions([v for v, ok in zip(video_ids, clean, strict=True) if ok])
+        positions = self.video_ids.positions(video_ids)  # an id no store can hold (a NUL) is absent
         missing = np.flatnonzero(positions < 0)
         if missing.size:
             shown = ", ".join(repr(video_ids[int(i)]) for i in missing[:5]) + (

@@ -213,13 +213,8 @@ class GroupReader:
         return rows
 
     def _lookup(self, column: IdColumn, ids: Sequence[str] | IdColumn, what: str) -> np.ndarray:
-        try:
-            found = column.positions(ids)
-        except ValueError:  # an id no column can hold (a NUL character, a lone surrogate): in no cache
-            ids = ids if isinstance(ids, IdColumn) else list(ids)
-            storable = np.array([_storable(i) for i in ids], dtype=bool)
-            found = np.full(len(ids), -1, dtype=np.int64)
-            found[storable] = column.positions([i for i, ok in zip(ids, storable, strict=True) if ok])
+        ids = ids if isinstance(ids, IdColumn) else list(ids)
+        found = column.positions(ids)  # an id no column can hold (a NUL, a lone surrogate) is in no cache
         missing = np.nonzero(found < 0)[0]
         if len(missing):
             raise TeacherCacheError(
@@ -247,17 +242,6 @@ class GroupReader:
             raise TeacherCacheError(f"{self.path}: {array}: non-finite value in row {row} (missing or damaged data "
                                     f"reads as NaN); run `teach cache verify`")
         return values
-
-
-def _storable(value: str) -> bool:
-    """Whether an IdColumn can hold ``value`` (UTF-8 encodable, no NUL character)."""
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class DenseGroup(GroupReader):
